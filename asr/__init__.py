@@ -1,0 +1,12 @@
+"""asr: a small, fast BiLSTM-CTC speech recognition toolkit."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_model"]
+
+
+def load_model(path, device="cpu"):
+    """Load a checkpoint for transcription; see :func:`asr.transcribe.load_model`."""
+    from asr.transcribe import load_model as _load_model
+
+    return _load_model(path, device=device)

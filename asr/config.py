@@ -1,0 +1,200 @@
+"""Typed, frozen configuration for every pipeline stage, loaded from YAML.
+
+A training run is described by one :class:`ExperimentConfig`. It is read from a YAML file,
+optionally patched with ``key=value`` overrides on the command line (``model.hidden_size=256``),
+and saved as a plain dict inside every checkpoint so that a model always carries the exact
+settings it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+SAMPLE_RATE = 16_000  # Hz; every model works at 16 kHz, audio is resampled on load
+HOP_MS = 10  # feature frame shift
+WINDOW_MS = 25  # analysis window
+HOP_LENGTH = SAMPLE_RATE * HOP_MS // 1000  # 160 samples
+WIN_LENGTH = SAMPLE_RATE * WINDOW_MS // 1000  # 400 samples
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid."""
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = SAMPLE_RATE  # Hz the waveform is resampled to before analysis
+    n_fft: int = WIN_LENGTH  # FFT size; equal to the window, as in Kaldi-style 25 ms frames
+    win_length: int = WIN_LENGTH  # 25 ms Hann window
+    hop_length: int = HOP_LENGTH  # 10 ms frame shift
+    n_mels: int = 80  # mel bands
+    f_min: float = 0.0  # lowest mel filter edge, Hz
+    f_max: float | None = None  # highest edge, Hz; None = Nyquist
+    log_floor: float = 1e-10  # power floor before the log, keeps silence finite
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    enabled: bool = True  # masks are applied in training only, never in validation or inference
+    freq_masks: int = 2  # number of frequency masks per utterance
+    freq_width: int = 15  # maximum mel bands per frequency mask
+    time_masks: int = 2  # number of time masks per utterance
+    time_width: int = 40  # maximum frames per time mask ...
+    time_width_ratio: float = 0.05  # ... and at most this fraction of the utterance
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    subsampling: Literal["stack", "conv"] = "stack"  # frame stacking, or strided 2-D convolutions
+    subsampling_factor: int = 3  # frames merged per output step; conv needs a power of two
+    conv_channels: int = 32  # channels of the convolutional front end (subsampling=conv only)
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"  # recurrent cell; gru/rnn exist to measure the LSTM
+    num_layers: int = 4  # stacked bidirectional layers
+    hidden_size: int = 320  # units per direction
+    dropout: float = 0.1  # between recurrent layers and before the output layer
+    rnn_input: Literal["auto", "packed", "padded"] = "auto"  # auto: packed on CUDA, padded on CPU
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_manifest: str = ""  # JSONL manifest of training utterances
+    valid_manifest: str = ""  # JSONL manifest for the per-epoch validation pass
+    max_frames_per_batch: int = 20_000  # padded feature frames per batch (10 ms each)
+    max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
+    num_workers: int = 0  # DataLoader worker processes for audio decoding
+    cache_audio: bool = True  # keep decoded training audio in RAM (small corpora, num_workers=0)
+    stats_utterances: int = 2000  # utterances used to estimate the normalisation statistics
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1.5e-3  # peak learning rate of AdamW
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW moment coefficients
+    warmup_steps: int = 500  # linear warm-up from 0 to lr
+    final_lr_ratio: float = 0.05  # cosine decay ends at lr * final_lr_ratio
+    grad_clip: float = 5.0  # max global gradient norm
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "exp/run"  # checkpoints, logs and TensorBoard events go here
+    epochs: int = 30  # passes over the training data
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time; 0 = no limit
+    max_steps: int = 0  # stop after this many optimiser steps; 0 = no limit (for tests)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for the forward pass
+    device: str = "auto"  # auto = cuda if available, else cpu
+    seed: int = 1234  # seeds Python, NumPy and torch; the batch order depends only on it
+    checkpoint_every_steps: int = 0  # also write last.pt every N steps; 0 = once per epoch
+    log_every_steps: int = 20  # TensorBoard / progress-bar update interval
+    valid_every_epochs: int = 1  # validation pass interval
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A nested plain-dict copy of a config dataclass (tuples become lists, YAML-friendly)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert one YAML value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(annotation, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is float:
+        # PyYAML reads "1e-3" (no dot) as a string, so numeric strings are accepted here.
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation in (int, str, bool) and not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Patch a nested dict with ``section.key=value`` strings; values are parsed as YAML."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment config (or the defaults if ``path`` is None) plus overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read config {path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    data = apply_overrides(data, list(overrides))
+    return from_dict(ExperimentConfig, data, where=str(path or "config"))

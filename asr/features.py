@@ -1,0 +1,155 @@
+"""Log-mel features in torch, global mean/variance normalisation, and SpecAugment.
+
+Everything here works on padded batches ``(B, num_samples)`` / ``(B, T, n_mels)`` with the
+lengths passed beside them, on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import librosa
+import torch
+from torch import nn
+
+from asr.config import FeatureConfig, SpecAugmentConfig
+
+
+def num_frames(num_samples: torch.Tensor | int, hop_length: int) -> torch.Tensor | int:
+    """Frames produced by a centred STFT (``center=True`` pads n_fft//2 on both sides)."""
+    return num_samples // hop_length + 1
+
+
+class LogMel(nn.Module):
+    """Batched 80-bin log-mel spectrogram: ``torch.stft`` + librosa's (Slaney) mel filter bank.
+
+    Matches ``librosa.feature.melspectrogram(..., center=True, pad_mode="constant")`` followed
+    by ``log``. Zero padding after a short utterance in a batch equals librosa's constant
+    padding, so every valid frame is identical to computing the utterance on its own.
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        super().__init__()
+        self.config = config
+        mel_basis = librosa.filters.mel(
+            sr=config.sample_rate,
+            n_fft=config.n_fft,
+            n_mels=config.n_mels,
+            fmin=config.f_min,
+            fmax=config.f_max,
+        )  # (n_mels, n_fft // 2 + 1)
+        self.register_buffer("mel_basis", torch.from_numpy(mel_basis), persistent=False)
+        # librosa's "hann" is the periodic (FFT) Hann window, as is torch's default.
+        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+
+    @torch.no_grad()
+    def mel_power(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(B, num_samples) float waveforms -> (B, T, n_mels) mel power spectrogram."""
+        spec = torch.stft(
+            waveforms.float(),
+            n_fft=self.config.n_fft,
+            hop_length=self.config.hop_length,
+            win_length=self.config.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )  # (B, n_fft // 2 + 1, T)
+        power = spec.real.square() + spec.imag.square()
+        mel = torch.matmul(self.mel_basis, power)  # (B, n_mels, T)
+        return mel.transpose(1, 2)  # (B, T, n_mels)
+
+    @torch.no_grad()
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, num_samples), (B,) -> log-mel (B, T, n_mels), frame lengths (B,)."""
+        log_mel = self.mel_power(waveforms).clamp_min(self.config.log_floor).log()
+        return log_mel, num_frames(lengths, self.config.hop_length)
+
+
+class GlobalNormalizer(nn.Module):
+    """Per-band mean/variance normalisation with statistics estimated on the training data.
+
+    The statistics are buffers, so they travel inside every checkpoint.
+    """
+
+    def __init__(self, n_mels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_mels) -> (B, T, n_mels)."""
+        return (features - self.mean) / self.std
+
+
+class StatsAccumulator:
+    """Running per-band sums over the valid frames of padded batches (float64, no overflow)."""
+
+    def __init__(self, n_mels: int) -> None:
+        self.count = 0
+        self.total = torch.zeros(n_mels, dtype=torch.float64)
+        self.total_sq = torch.zeros(n_mels, dtype=torch.float64)
+
+    def add(self, features: torch.Tensor, lengths: torch.Tensor) -> None:
+        mask = torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]  # (B, T)
+        valid = features[mask].double().cpu()  # (num_valid_frames, n_mels)
+        self.count += valid.shape[0]
+        self.total += valid.sum(0)
+        self.total_sq += valid.square().sum(0)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.count == 0:
+            raise ValueError("no frames to estimate normalisation statistics from")
+        mean = self.total / self.count
+        var = (self.total_sq / self.count - mean.square()).clamp_min(1e-8)
+        return mean.float(), var.sqrt().float()
+
+
+def spec_augment(
+    features: torch.Tensor,
+    lengths: torch.Tensor,
+    config: SpecAugmentConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Frequency and time masking (Park et al., 2019) on normalised (B, T, F) features.
+
+    Masked cells are set to 0, the normalised mean. Time masks stay inside each utterance's
+    valid length and are at most ``time_width_ratio`` of it. Returns a new tensor.
+    """
+    if not config.enabled:
+        return features
+    batch, max_frames, n_bands = features.shape
+    device = features.device
+    keep = torch.ones(batch, max_frames, n_bands, dtype=torch.bool, device=device)
+    bands = torch.arange(n_bands, device=device)[None, :]  # (1, F)
+    frames = torch.arange(max_frames, device=device)[None, :]  # (1, T)
+
+    def rand(size: int) -> torch.Tensor:
+        return torch.rand(size, generator=generator, device="cpu").to(device)
+
+    for _ in range(config.freq_masks):
+        width = (rand(batch) * (config.freq_width + 1)).floor()  # (B,)
+        start = (rand(batch) * (n_bands - width + 1)).floor()
+        masked = (bands >= start[:, None]) & (bands < (start + width)[:, None])  # (B, F)
+        keep &= ~masked[:, None, :]
+    lengths_f = lengths.to(device).float()
+    max_width = torch.minimum(torch.full_like(lengths_f, config.time_width), lengths_f * config.time_width_ratio)
+    for _ in range(config.time_masks):
+        width = (rand(batch) * (max_width + 1)).floor()  # (B,)
+        start = (rand(batch) * (lengths_f - width + 1).clamp_min(1)).floor()
+        masked = (frames >= start[:, None]) & (frames < (start + width)[:, None])  # (B, T)
+        keep &= ~masked[:, :, None]
+    return features * keep
+
+
+class FeatureFrontend(nn.Module):
+    """Waveforms -> normalised log-mel features: the part of the model that is not learned."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        super().__init__()
+        self.log_mel = LogMel(config)
+        self.normalizer = GlobalNormalizer(config.n_mels)
+
+    @torch.no_grad()
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, num_samples), (B,) -> (B, T, n_mels) normalised features, (B,) frame lengths."""
+        features, frame_lengths = self.log_mel(waveforms, lengths)
+        return self.normalizer(features), frame_lengths

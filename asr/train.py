@@ -1,0 +1,442 @@
+"""Training: a readable loop built from small functions.
+
+    asr train CONFIG.yaml [section.key=value ...]
+
+Writes ``last.pt`` (resumable: optimiser, scheduler, position and RNG states) and ``best.pt``
+(lowest validation CER) into ``train.out_dir``, a ``metrics.jsonl`` line per validation, and
+TensorBoard scalars when tensorboard is installed. Re-running the same command resumes
+from ``last.pt`` and reaches the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from asr.checkpoint import load_checkpoint, save_checkpoint
+from asr.config import ExperimentConfig, from_dict, load_config, to_dict
+from asr.data import (
+    Batch,
+    BucketBatchSampler,
+    SpeechDataset,
+    Utterance,
+    collate,
+    filter_for_training,
+    frame_counts,
+    read_manifest,
+)
+from asr.decoding import GreedyDecoder
+from asr.features import FeatureFrontend, StatsAccumulator, spec_augment
+from asr.metrics import error_counts
+from asr.model import AcousticModel
+from asr.text import CharVocabulary
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in last.pt so that a run resumes exactly."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of this epoch already trained on
+    step: int = 0  # optimiser steps so far
+    best_cer: float = math.inf  # lowest validation CER so far
+    train_seconds: float = 0.0  # wall time spent training, summed over resumed runs
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per validation
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def log(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in _numpy_state().items()},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _numpy_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"kind": kind, "keys": keys, "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    python_state = states["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    numpy_state = states["numpy"]
+    np.random.set_state((
+        numpy_state["kind"], np.asarray(numpy_state["keys"], dtype=np.uint32),
+        numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"],
+    ))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_utterances(config: ExperimentConfig, vocabulary: CharVocabulary) -> tuple[list[Utterance], list[Utterance]]:
+    """Read both manifests and drop what CTC cannot train on, reporting every reason."""
+    factor = config.model.subsampling_factor
+    train_all = read_manifest(config.data.train_manifest)
+    train, report = filter_for_training(train_all, vocabulary, factor, config.data.max_duration)
+    log(f"train {config.data.train_manifest}: {report.summary()}")
+    if not train:
+        raise ValueError(f"{config.data.train_manifest}: no usable training utterances")
+    valid: list[Utterance] = []
+    if config.data.valid_manifest:
+        # Validation keeps long utterances; it only needs transcripts the vocabulary can spell.
+        valid, report = filter_for_training(read_manifest(config.data.valid_manifest), vocabulary, factor, math.inf)
+        log(f"valid {config.data.valid_manifest}: {report.summary()}")
+    return train, valid
+
+
+def make_loader(
+    dataset: SpeechDataset, config: ExperimentConfig, shuffle: bool, device: torch.device
+) -> tuple[DataLoader, BucketBatchSampler]:
+    sampler = BucketBatchSampler(
+        frame_counts(dataset.utterances),
+        config.data.max_frames_per_batch,
+        shuffle=shuffle,
+        seed=config.train.seed,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.data.num_workers > 0,
+        # A private generator keeps the global RNG untouched, which exact resume relies on.
+        generator=torch.Generator().manual_seed(config.train.seed),
+    )
+    return loader, sampler
+
+
+def estimate_normalizer(
+    frontend: FeatureFrontend, dataset: SpeechDataset, config: ExperimentConfig, device: torch.device
+) -> None:
+    """Fit the global mean/std on (a seeded subset of) the training audio."""
+    count = min(len(dataset), config.data.stats_utterances)
+    chosen = sorted(random.Random(config.train.seed).sample(range(len(dataset)), count))
+    stats = StatsAccumulator(config.features.n_mels)
+    for start in tqdm(range(0, count, 16), desc="normalisation stats", leave=False):
+        batch = collate([dataset[i] for i in chosen[start : start + 16]])
+        features, lengths = frontend.log_mel(batch.waveforms.to(device), batch.waveform_lengths.to(device))
+        stats.add(features, lengths)
+    mean, std = stats.result()
+    frontend.normalizer.mean.copy_(mean)
+    frontend.normalizer.std.copy_(std)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, total_steps: int):
+    """Linear warm-up to the peak learning rate, then cosine decay to ``final_lr_ratio``."""
+    warmup = max(1, config.optim.warmup_steps)
+    final = config.optim.final_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(config: ExperimentConfig, device: torch.device):
+    if config.train.precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if config.train.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def ctc_loss(log_probs: torch.Tensor, output_lengths: torch.Tensor, batch: Batch, device: torch.device) -> torch.Tensor:
+    """Mean over the batch of the per-label CTC loss; impossible alignments contribute 0."""
+    return torch.nn.functional.ctc_loss(
+        log_probs.transpose(0, 1),  # (T', B, V): ctc_loss wants time first
+        batch.labels.to(device),
+        output_lengths,
+        batch.label_lengths.to(device),
+        blank=0,
+        reduction="mean",
+        zero_infinity=True,
+    )
+
+
+def train_step(
+    batch: Batch,
+    frontend: FeatureFrontend,
+    model: AcousticModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    config: ExperimentConfig,
+    device: torch.device,
+) -> float:
+    features, lengths = frontend(batch.waveforms.to(device, non_blocking=True), batch.waveform_lengths.to(device))
+    features = spec_augment(features, lengths, config.specaugment)
+    with autocast(config, device):
+        log_probs, output_lengths = model(features, lengths)
+    loss = ctc_loss(log_probs, output_lengths, batch, device)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def validate(
+    loader: DataLoader,
+    frontend: FeatureFrontend,
+    model: AcousticModel,
+    decoder: GreedyDecoder,
+    config: ExperimentConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """Greedy-decode the validation set: loss, WER and CER."""
+    model.eval()
+    utterances = loader.dataset.utterances
+    references, hypotheses = [], []
+    total_loss = 0.0
+    for batch in loader:
+        features, lengths = frontend(batch.waveforms.to(device), batch.waveform_lengths.to(device))
+        with autocast(config, device):
+            log_probs, output_lengths = model(features, lengths)
+        total_loss += ctc_loss(log_probs, output_lengths, batch, device).item() * len(batch.indices)
+        hypotheses += [h.text for h in decoder(log_probs, output_lengths)]
+        references += [utterances[i].text for i in batch.indices]
+    model.train()
+    return {
+        "valid_loss": total_loss / max(1, len(references)),
+        "valid_wer": error_counts(references, hypotheses, "word").rate,
+        "valid_cer": error_counts(references, hypotheses, "char").rate,
+    }
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_payload(
+    config: ExperimentConfig,
+    vocabulary: CharVocabulary,
+    frontend: FeatureFrontend,
+    model: AcousticModel,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "config": to_dict(config),
+        "vocabulary": vocabulary.tokens[1:],
+        "normalizer": {"mean": frontend.normalizer.mean.cpu(), "std": frontend.normalizer.std.cpu()},
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},
+        "metrics": metrics,
+    }
+
+
+def save_last(path: Path, base: dict[str, Any], optimizer, scheduler, scaler, state: TrainState) -> None:
+    save_checkpoint(path, {
+        **base,
+        "train_state": {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "position": {k: v for k, v in vars(state).items()},
+            "rng": rng_states(),
+        },
+    })
+
+
+class TensorBoard:
+    """SummaryWriter when tensorboard is installed, otherwise a silent stand-in."""
+
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log("tensorboard is not installed (pip install 'asr[tensorboard]'): no event files written")
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(config: ExperimentConfig) -> TrainState:
+    """Train (or resume) the run described by ``config``; returns the final state."""
+    device = choose_device(config.train.device)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.train.seed)
+    out_dir = Path(config.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+
+    vocabulary = CharVocabulary.english()
+    train_utts, valid_utts = load_utterances(config, vocabulary)
+    train_set = SpeechDataset(train_utts, vocabulary, cache_audio=config.data.cache_audio)
+    train_loader, train_sampler = make_loader(train_set, config, shuffle=True, device=device)
+    valid_loader = None
+    if valid_utts:
+        valid_loader, _ = make_loader(SpeechDataset(valid_utts, vocabulary), config, shuffle=False, device=device)
+    log(f"train: {len(train_utts)} utterances, {sum(u.duration for u in train_utts) / 3600:.2f} h, "
+        f"{len(train_sampler)} batches/epoch, padding {100 * train_sampler.padding_fraction():.1f} % of frames")
+
+    frontend = FeatureFrontend(config.features).to(device)
+    model = AcousticModel(config.model, config.features.n_mels, len(vocabulary)).to(device)
+    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {device}")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay
+    )
+    # The schedule depends on the epochs alone: max_steps/max_minutes interrupt a run, and a
+    # resumed run must follow the same learning-rate curve as an uninterrupted one.
+    total_steps = config.train.epochs * len(train_sampler)
+    scheduler = make_scheduler(optimizer, config, total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
+
+    state = TrainState()
+    if last_path.exists():
+        saved = load_checkpoint(last_path, map_location=device)
+        if saved["config"] != to_dict(config):
+            log(f"note: {last_path} was written with a different config; resuming with the new one")
+        model.load_state_dict(saved["model"])
+        frontend.normalizer.mean.copy_(saved["normalizer"]["mean"])
+        frontend.normalizer.std.copy_(saved["normalizer"]["std"])
+        train_state = saved["train_state"]
+        optimizer.load_state_dict(train_state["optimizer"])
+        scheduler.load_state_dict(train_state["scheduler"])
+        scaler.load_state_dict(train_state["scaler"])
+        state = TrainState(**train_state["position"])
+        restore_rng_states(train_state["rng"])
+        log(f"resumed from {last_path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
+    else:
+        estimate_normalizer(frontend, train_set, config, device)
+
+    decoder = GreedyDecoder(vocabulary)
+    board = TensorBoard(out_dir / "tensorboard")
+    base = lambda metrics: checkpoint_payload(config, vocabulary, frontend, model, metrics)  # noqa: E731
+    model.train()
+    stop = False
+    session_start = time.monotonic()
+    trained_before = state.train_seconds
+    loss = math.nan
+
+    def out_of_budget() -> bool:
+        if config.train.max_steps and state.step >= config.train.max_steps:
+            return True
+        minutes = (trained_before + time.monotonic() - session_start) / 60
+        return bool(config.train.max_minutes) and minutes >= config.train.max_minutes
+
+    while state.epoch < config.train.epochs and not stop:
+        train_sampler.set_epoch(state.epoch, state.batch_in_epoch)
+        progress = tqdm(train_loader, desc=f"epoch {state.epoch + 1}/{config.train.epochs}", leave=False,
+                        dynamic_ncols=True, disable=None)
+        window_audio, window_start = 0.0, time.monotonic()
+        for batch in progress:
+            loss = train_step(batch, frontend, model, optimizer, scheduler, scaler, config, device)
+            state.step += 1
+            state.batch_in_epoch += 1
+            window_audio += batch.waveform_lengths.sum().item() / config.features.sample_rate
+            if state.step % config.train.log_every_steps == 0:
+                speed = window_audio / max(1e-9, time.monotonic() - window_start)
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", audio_s_per_s=f"{speed:.0f}")
+                board.scalars({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                               "train/audio_seconds_per_second": speed}, state.step)
+                window_audio, window_start = 0.0, time.monotonic()
+            stop = out_of_budget()
+            every = config.train.checkpoint_every_steps
+            if stop or (every and state.step % every == 0):
+                state.train_seconds = trained_before + time.monotonic() - session_start
+                save_last(last_path, base({}), optimizer, scheduler, scaler, state)
+            if stop:
+                break
+        progress.close()
+        epoch_finished = not stop or state.batch_in_epoch >= len(train_sampler.rank_batches())
+        if epoch_finished:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        state.train_seconds = trained_before + time.monotonic() - session_start
+        metrics: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "train_loss": loss,
+                                   "train_minutes": state.train_seconds / 60}
+        final = stop or state.epoch >= config.train.epochs
+        if valid_loader is not None and (final or state.epoch % config.train.valid_every_epochs == 0):
+            metrics.update(validate(valid_loader, frontend, model, decoder, config, device))
+            board.scalars({"valid/loss": metrics["valid_loss"], "valid/wer": metrics["valid_wer"],
+                           "valid/cer": metrics["valid_cer"]}, state.step)
+            log(f"epoch {state.epoch}: train loss {loss:.3f}, valid loss {metrics['valid_loss']:.3f}, "
+                f"WER {100 * metrics['valid_wer']:.2f} %, CER {100 * metrics['valid_cer']:.2f} % "
+                f"({metrics['train_minutes']:.1f} min)")
+            state.history.append(metrics)
+            with open(out_dir / "metrics.jsonl", "a") as out:
+                out.write(json.dumps(metrics) + "\n")
+            if metrics["valid_cer"] < state.best_cer:
+                state.best_cer = metrics["valid_cer"]
+                save_checkpoint(best_path, base(metrics))
+        elif valid_loader is None:
+            save_checkpoint(best_path, base(metrics))
+        save_last(last_path, base(metrics), optimizer, scheduler, scaler, state)
+    board.close()
+    return state
+
+
+def config_from_checkpoint(payload: dict[str, Any]) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, payload["config"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m asr.train CONFIG.yaml [key=value ...]`` (the same as ``asr train``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    config = load_config(argv[0], argv[1:])
+    train(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+import soundfile
+
+from asr.audio import AudioError, audio_duration, load_audio
+
+
+def test_stereo_is_downmixed_and_resampled(tmp_path):
+    rate = 8000
+    t = np.arange(rate) / rate  # 1 s
+    left = np.sin(2 * np.pi * 440 * t)
+    stereo = np.stack([left, left * 0.5], axis=1).astype(np.float32)
+    soundfile.write(tmp_path / "s.wav", stereo, rate)
+    audio = load_audio(tmp_path / "s.wav")
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert len(audio) == 16000
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) * 16000 / len(audio) - 440) < 2  # pitch preserved
+    assert np.max(np.abs(audio[1000:-1000])) == pytest.approx(0.75, abs=0.02)  # mean of both channels
+
+
+@pytest.mark.parametrize("fmt", ["FLAC", "OGG", "WAV"])
+def test_formats(tmp_path, fmt):
+    path = tmp_path / f"a.{fmt.lower()}"
+    soundfile.write(path, np.zeros(4000, dtype=np.float32), 16000, format=fmt)
+    assert len(load_audio(path)) == 4000
+    assert audio_duration(path) == pytest.approx(0.25)
+
+
+def test_bad_files_raise_audio_error_naming_file(tmp_path):
+    (tmp_path / "text.wav").write_text("this is not audio")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    soundfile.write(tmp_path / "zero.wav", np.zeros(0, dtype=np.float32), 16000)
+    cases = {"missing.wav": "not found", "text.wav": "unreadable", "empty.wav": "unreadable", "zero.wav": "zero length"}
+    for name, reason in cases.items():
+        with pytest.raises(AudioError) as err:
+            load_audio(tmp_path / name)
+        assert name in str(err.value) and reason in str(err.value)
+    with pytest.raises(AudioError, match="zero length"):
+        audio_duration(tmp_path / "zero.wav")

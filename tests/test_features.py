@@ -1,0 +1,70 @@
+import librosa
+import numpy as np
+import torch
+
+from asr.config import FeatureConfig, SpecAugmentConfig
+from asr.features import FeatureFrontend, LogMel, StatsAccumulator, spec_augment
+
+
+def speechlike(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    signal = sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(100, 4000, 5))
+    return (0.1 * signal + 0.01 * rng.normal(size=len(t))).astype(np.float32)
+
+
+def test_log_mel_matches_librosa():
+    config = FeatureConfig()
+    audio = speechlike(1.3, seed=0)
+    reference = librosa.feature.melspectrogram(
+        y=audio, sr=16000, n_fft=400, hop_length=160, win_length=400, n_mels=80,
+        center=True, pad_mode="constant", power=2.0,
+    )  # (n_mels, T)
+    ours = LogMel(config).mel_power(torch.from_numpy(audio)[None])[0].T.numpy()  # (n_mels, T)
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-6 * reference.max())
+    features, lengths = LogMel(config)(torch.from_numpy(audio)[None], torch.tensor([len(audio)]))
+    assert features.shape == (1, reference.shape[1], 80) and lengths.item() == reference.shape[1]
+    np.testing.assert_allclose(features[0].T.numpy(), np.log(np.maximum(reference, 1e-10)), atol=2e-3)
+
+
+def test_batched_features_equal_single_utterances():
+    log_mel = LogMel(FeatureConfig())
+    short, long = speechlike(0.7, 1), speechlike(1.6, 2)
+    batch = torch.zeros(2, len(long))
+    batch[0, : len(short)] = torch.from_numpy(short)
+    batch[1] = torch.from_numpy(long)
+    features, lengths = log_mel(batch, torch.tensor([len(short), len(long)]))
+    alone, alone_len = log_mel(torch.from_numpy(short)[None], torch.tensor([len(short)]))
+    assert lengths[0] == alone_len[0]
+    torch.testing.assert_close(features[0, : lengths[0]], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_normalizer_statistics_from_valid_frames_only():
+    stats = StatsAccumulator(2)
+    features = torch.tensor([[[1.0, 10.0], [3.0, 30.0], [999.0, 999.0]]])  # last frame is padding
+    stats.add(features, torch.tensor([2]))
+    mean, std = stats.result()
+    torch.testing.assert_close(mean, torch.tensor([2.0, 20.0]))
+    torch.testing.assert_close(std, torch.tensor([1.0, 10.0]))
+    frontend = FeatureFrontend(FeatureConfig(n_mels=2))
+    frontend.normalizer.mean.copy_(mean)
+    frontend.normalizer.std.copy_(std)
+    torch.testing.assert_close(frontend.normalizer(features[:, :2]), torch.tensor([[[-1.0, -1.0], [1.0, 1.0]]]))
+
+
+def test_spec_augment_masks_inside_lengths_and_can_be_disabled():
+    features = torch.ones(3, 200, 80)
+    lengths = torch.tensor([200, 120, 50])
+    config = SpecAugmentConfig(freq_masks=2, freq_width=20, time_masks=2, time_width=40, time_width_ratio=0.2)
+    masked = spec_augment(features, lengths, config, generator=torch.Generator().manual_seed(0))
+    assert masked.shape == features.shape
+    assert (masked == 0).any() and (masked == 1).any()
+    # Time masks never start in padding: frames past each length keep their values unless a
+    # frequency mask covers them.
+    for b, length in enumerate(lengths.tolist()):
+        band_kept = masked[b, :, :].amax(dim=0) > 0  # bands without a frequency mask
+        assert (masked[b, length:, band_kept] == 1).all()
+        time_masked = (masked[b, :length, band_kept] == 0).all(dim=1).sum().item()
+        assert time_masked <= 2 * min(40, 0.2 * length)
+    assert spec_augment(features, lengths, SpecAugmentConfig(enabled=False)) is features

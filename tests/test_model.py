@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from asr.config import ModelConfig
+from asr.model import AcousticModel, reverse_within_lengths
+
+
+def test_reverse_within_lengths():
+    x = torch.arange(8.0).reshape(2, 4, 1)  # (B, T, C)
+    out = reverse_within_lengths(x, torch.tensor([4, 2]))
+    assert out[:, :, 0].tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
+
+
+@pytest.mark.parametrize("subsampling, factor", [("stack", 3), ("stack", 4), ("conv", 4), ("conv", 2)])
+def test_output_lengths_for_odd_inputs(subsampling, factor):
+    model = AcousticModel(ModelConfig(subsampling=subsampling, subsampling_factor=factor, num_layers=1,
+                                      hidden_size=16), input_dim=80, vocab_size=29).eval()
+    lengths = torch.tensor([101, 7, 1, 64])
+    features = torch.randn(4, 101, 80)
+    log_probs, out_lengths = model(features, lengths)
+    expected = (lengths + factor - 1) // factor  # ceil
+    assert out_lengths.tolist() == expected.tolist()
+    assert log_probs.shape == (4, expected.max().item(), 29)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(4, expected.max().item()))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_padded_equals_packed_and_batch_invariance(cell):
+    torch.manual_seed(0)
+    model = AcousticModel(ModelConfig(cell=cell, num_layers=2, hidden_size=24, dropout=0.0), 20, 10).eval()
+    features = torch.randn(3, 30, 20)
+    lengths = torch.tensor([30, 17, 5])
+    padded, out_lengths = model(features, lengths)
+    model.config = ModelConfig(cell=cell, num_layers=2, hidden_size=24, dropout=0.0, rnn_input="packed")
+    packed, _ = model(features, lengths)
+    for b, n in enumerate(out_lengths.tolist()):
+        torch.testing.assert_close(padded[b, :n], packed[b, :n], atol=1e-5, rtol=1e-5)
+        # An utterance decoded alone gives the same output as inside a padded batch.
+        alone, _ = model(features[b : b + 1, : lengths[b]], lengths[b : b + 1])
+        torch.testing.assert_close(padded[b, :n], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_conv_subsampling_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match="power-of-two"):
+        AcousticModel(ModelConfig(subsampling="conv", subsampling_factor=3), 80, 29)

@@ -1,0 +1,59 @@
+"""Training end to end on the tone language: overfitting and exact resume."""
+
+import json
+
+import torch
+
+from asr.checkpoint import load_checkpoint
+from asr.train import train
+from asr.transcribe import load_model
+
+from conftest import OVERFIT_TEXTS, tiny_config
+
+
+def test_overfit_a_few_utterances(tone_corpus, tmp_path):
+    config = tiny_config(
+        tmp_path / "overfit", tone_corpus,
+        data={"valid_manifest": str(tone_corpus["train"]), "max_frames_per_batch": 400},
+        model={"hidden_size": 64},
+        train={"epochs": 80, "valid_every_epochs": 80},
+        optim={"lr": 5e-3, "warmup_steps": 30, "final_lr_ratio": 0.1},
+    )
+    state = train(config)
+    losses = [json.loads(line)["train_loss"] for line in open(tmp_path / "overfit" / "metrics.jsonl")]
+    first_loss = load_first_logged_loss(tmp_path / "overfit")
+    final = state.history[-1]
+    print(f"overfit: first loss {first_loss:.3f}, final train loss {losses[-1]:.4f}, valid loss {final['valid_loss']:.4f}")
+    assert final["valid_loss"] * 10 <= first_loss
+    recognizer = load_model(tmp_path / "overfit" / "best.pt")
+    results = recognizer.transcribe([u for u in audio_paths(tone_corpus["train"])])
+    assert [r.text for r in results] == OVERFIT_TEXTS
+
+
+def load_first_logged_loss(out_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out_dir / "tensorboard"))
+    events.Reload()
+    return events.Scalars("train/loss")[0].value
+
+
+def audio_paths(manifest):
+    return [json.loads(line)["audio"] for line in open(manifest)]
+
+
+def test_resume_reaches_the_same_weights(tone_corpus, tmp_path):
+    # Dropout and SpecAugment on, so that restoring the RNG states matters.
+    sections = dict(model={"dropout": 0.2}, specaugment={"enabled": True, "time_width": 5},
+                    train={"epochs": 3}, data={"max_frames_per_batch": 350})
+    straight = train(tiny_config(tmp_path / "straight", tone_corpus, **sections))
+    # Interrupted mid-epoch 2, then the same command again resumes from last.pt.
+    interrupted = dict(sections, train={"epochs": 3, "max_steps": straight.step // 3 + 2})
+    first = train(tiny_config(tmp_path / "resumed", tone_corpus, **interrupted))
+    assert first.step < straight.step and first.batch_in_epoch > 0
+    resumed = train(tiny_config(tmp_path / "resumed", tone_corpus, **sections))
+    assert resumed.step == straight.step
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
