@@ -76,3 +76,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in payload:
             raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
     return payload
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
+    """Element-wise mean of the model weights of several checkpoints of one run.
+
+    Config, vocabulary and normalisation come from the last checkpoint; integer buffers
+    (e.g. BatchNorm's step counter) are taken from it too. Training state is dropped.
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    payloads = [load_checkpoint(p) for p in paths]
+    last = payloads[-1]
+    for path, payload in zip(paths, payloads):
+        if payload["config"]["model"] != last["config"]["model"] or payload["vocabulary"] != last["vocabulary"]:
+            raise CheckpointError(f"{path}: a different model or vocabulary than {paths[-1]}; cannot average")
+    averaged = {}
+    for name, value in last["model"].items():
+        if value.is_floating_point():
+            averaged[name] = sum(p["model"][name].double() for p in payloads).div(len(payloads)).to(value.dtype)
+        else:
+            averaged[name] = value
+    metrics = {"averaged_from": [str(p) for p in paths]}
+    keep = {k: v for k, v in last.items() if k not in ("format", "version", "asr_version", "train_state", "metrics")}
+    return {**keep, "model": averaged, "metrics": metrics}

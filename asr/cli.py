@@ -39,6 +39,35 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prepare_librispeech(args: argparse.Namespace) -> int:
+    from asr.librispeech import prepare_librispeech
+
+    manifests = prepare_librispeech(args.subsets, args.dest, mirror=args.mirror,
+                                    speed_perturb=args.speed_perturb, lm=args.lm)
+    for name, path in manifests.items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from asr.checkpoint import average_checkpoints, save_checkpoint
+
+    paths = list(args.checkpoints)
+    if args.last:
+        if len(paths) != 1 or not Path(paths[0]).is_dir():
+            print("error: --last N takes one experiment folder holding epoch-N.pt files", file=sys.stderr)
+            return EXIT_USAGE
+        found = sorted(Path(paths[0]).glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        if len(found) < args.last:
+            print(f"error: {paths[0]} holds {len(found)} epoch checkpoints, fewer than {args.last} "
+                  "(train with train.keep_epoch_checkpoints=N)", file=sys.stderr)
+            return EXIT_USAGE
+        paths = found[-args.last :]
+    save_checkpoint(args.out, average_checkpoints(paths))
+    print(f"{args.out}: average of {', '.join(str(p) for p in paths)}")
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from asr.config import load_config
     from asr.train import train
@@ -112,6 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--seed", type=int, default=0, help="seed for choosing held-out speakers")
     prepare.set_defaults(func=cmd_prepare)
 
+    librispeech = commands.add_parser(
+        "prepare-librispeech",
+        help="download LibriSpeech / Libri-Light subsets and write manifests (also: asr prepare librispeech)",
+    )
+    librispeech.add_argument("--subsets", nargs="+", required=True,
+                             help="e.g. dev-clean test-clean train-clean-100 train-960 librilight-10h dev-clean-2")
+    librispeech.add_argument("--dest", required=True, help="folder for archives, extracted audio and manifests")
+    librispeech.add_argument("--mirror", help="base URL holding the archives by file name, instead of the official servers")
+    librispeech.add_argument("--speed-perturb", action="store_true", help="also write 0.9/1.0/1.1 speed-perturbed manifests")
+    librispeech.add_argument("--lm", action="store_true", help="also download the official n-gram LMs, vocabulary and lexicon")
+    librispeech.set_defaults(func=cmd_prepare_librispeech)
+
+    average = commands.add_parser("average", help="average the weights of several checkpoints")
+    average.add_argument("checkpoints", nargs="+", help="checkpoint files, or one experiment folder with --last")
+    average.add_argument("--last", type=int, default=0, help="average the last N epoch-N.pt of the folder")
+    average.add_argument("--out", required=True, help="output checkpoint")
+    average.set_defaults(func=cmd_average)
+
     train = commands.add_parser("train", help="train (or resume) from a YAML config")
     train.add_argument("config", help="experiment YAML (see recipes/)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
@@ -140,11 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     from asr.checkpoint import CheckpointError
     from asr.config import ConfigError
     from asr.data import ManifestError
+    from asr.download import DownloadError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["prepare", "librispeech"]:  # `asr prepare librispeech ...` reads naturally
+        argv = ["prepare-librispeech", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, ManifestError, AudioError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, ConfigError, ManifestError, AudioError, DownloadError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -94,6 +94,7 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda if available, else cpu
     seed: int = 1234  # seeds Python, NumPy and torch; the batch order depends only on it
     checkpoint_every_steps: int = 0  # also write last.pt every N steps; 0 = once per epoch
+    keep_epoch_checkpoints: int = 0  # keep epoch-N.pt of the last N epochs (for `asr average`)
     log_every_steps: int = 20  # TensorBoard / progress-bar update interval
     valid_every_epochs: int = 1  # validation pass interval
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default

@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import soxr
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from asr.audio import AudioError, audio_duration, load_audio
-from asr.config import FRAMES_PER_SECOND
+from asr.config import FRAMES_PER_SECOND, SAMPLE_RATE
 from asr.text import CharVocabulary, OutOfVocabularyError, normalize_text
 
 
@@ -35,6 +36,7 @@ class Utterance:
     text: str  # normalised transcript
     duration: float  # seconds
     speaker: str = ""  # speaker id, used to split train/dev by speaker
+    speed: float = 1.0  # speed perturbation factor applied on load (0.9 = slower and lower)
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:
@@ -57,6 +59,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                     text=str(entry.get("text", "")),
                     duration=float(entry["duration"]),
                     speaker=str(entry.get("speaker", "")),
+                    speed=float(entry.get("speed", 1.0)),
                 )
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
@@ -70,7 +73,10 @@ def write_manifest(path: str | Path, utterances: Sequence[Utterance]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as out:
         for utt in utterances:
-            out.write(json.dumps(asdict(utt), ensure_ascii=False) + "\n")
+            entry = asdict(utt)
+            if entry["speed"] == 1.0:
+                del entry["speed"]
+            out.write(json.dumps(entry, ensure_ascii=False) + "\n")
     tmp.replace(path)
 
 
@@ -236,7 +242,13 @@ class SpeechDataset(Dataset):
         cached = self._cache.get(index)
         if cached is not None:
             return cached.float() / 32767.0
-        samples = torch.from_numpy(load_audio(self.utterances[index].audio))
+        utterance = self.utterances[index]
+        samples = load_audio(utterance.audio)
+        if utterance.speed != 1.0:
+            # Treat the audio as recorded at speed x 16 kHz and resample it to 16 kHz, as
+            # `sox speed` does: tempo and pitch change together.
+            samples = soxr.resample(samples, SAMPLE_RATE * utterance.speed, SAMPLE_RATE).astype(np.float32)
+        samples = torch.from_numpy(samples)
         if self.cache_audio:  # int16 halves the memory of float32 at no audible cost
             self._cache[index] = (samples.clamp(-1, 1) * 32767.0).round().to(torch.int16)
             return self._cache[index].float() / 32767.0
@@ -277,10 +289,13 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Utterances are sorted by length (with a small per-epoch jitter so that batch membership
     varies between epochs), cut greedily into batches whose ``batch_size * longest`` stays
-    within ``max_frames``, and the batch order is shuffled. Everything depends only on
-    ``seed`` and the epoch, so a resumed run sees the same batches; ``start_batch`` skips
-    those already trained on. With ``num_replicas > 1`` each rank takes every
-    ``num_replicas``-th batch of the same global list (all ranks get the same count).
+    within ``max_frames`` (an utterance over the budget gets a batch of its own), and the
+    batch order is shuffled. Everything depends only on ``seed`` and the epoch, so a resumed
+    run sees the same batches.
+
+    With ``num_replicas > 1`` (DDP) every rank builds the same global list and takes every
+    ``num_replicas``-th batch, each rank the same count. ``start_batch`` counts *global*
+    batches already trained on, so a run can resume with a different number of ranks.
     """
 
     def __init__(
@@ -293,10 +308,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
-        if max(frame_counts, default=0) > max_frames:
-            raise ValueError(
-                f"an utterance of {max(frame_counts)} frames exceeds max_frames_per_batch={max_frames}"
-            )
         self.frame_counts = np.asarray(frame_counts, dtype=np.int64)
         self.max_frames = max_frames
         self.shuffle = shuffle
@@ -306,15 +317,19 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.epoch = 0
         self.start_batch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch = epoch
         self.start_batch = start_batch
 
     def global_batches(self) -> list[list[int]]:
+        """This epoch's batches over all ranks, in training order."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
         rng = np.random.default_rng([self.seed, self.epoch])
-        keys = self.frame_counts * (1.0 + rng.uniform(-self.length_jitter, self.length_jitter, len(self.frame_counts)))
-        order = np.argsort(keys, kind="stable")
+        jitter = rng.uniform(-self.length_jitter, self.length_jitter, len(self.frame_counts))
+        order = np.argsort(self.frame_counts * (1.0 + jitter), kind="stable")
         batches: list[list[int]] = []
         current: list[int] = []
         longest = 0
@@ -329,17 +344,19 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches.append(current)
         if self.shuffle:
             rng.shuffle(batches)
-        usable = len(batches) - len(batches) % self.num_replicas if self.num_replicas > 1 else len(batches)
-        return batches[:usable]
+        self._cache = (self.epoch, batches)
+        return batches
 
-    def rank_batches(self) -> list[list[int]]:
-        return self.global_batches()[self.rank :: self.num_replicas]
+    def _remaining(self) -> list[list[int]]:
+        remaining = self.global_batches()[self.start_batch :]
+        usable = len(remaining) - len(remaining) % self.num_replicas  # equal counts keep DDP in lockstep
+        return remaining[:usable]
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.rank_batches()[self.start_batch :]
+        yield from self._remaining()[self.rank :: self.num_replicas]
 
     def __len__(self) -> int:
-        return len(self.rank_batches()) - self.start_batch
+        return len(self._remaining()) // self.num_replicas
 
     def padding_fraction(self) -> float:
         """Fraction of padded frames in this epoch's batches (what the LSTM computes in vain)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -104,30 +105,39 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load_utterances(config: ExperimentConfig, vocabulary: CharVocabulary) -> tuple[list[Utterance], list[Utterance]]:
+def load_utterances(
+    config: ExperimentConfig, vocabulary: CharVocabulary, say=log
+) -> tuple[list[Utterance], list[Utterance]]:
     """Read both manifests and drop what CTC cannot train on, reporting every reason."""
     factor = config.model.subsampling_factor
     train_all = read_manifest(config.data.train_manifest)
     train, report = filter_for_training(train_all, vocabulary, factor, config.data.max_duration)
-    log(f"train {config.data.train_manifest}: {report.summary()}")
+    say(f"train {config.data.train_manifest}: {report.summary()}")
     if not train:
         raise ValueError(f"{config.data.train_manifest}: no usable training utterances")
     valid: list[Utterance] = []
     if config.data.valid_manifest:
         # Validation keeps long utterances; it only needs transcripts the vocabulary can spell.
         valid, report = filter_for_training(read_manifest(config.data.valid_manifest), vocabulary, factor, math.inf)
-        log(f"valid {config.data.valid_manifest}: {report.summary()}")
+        say(f"valid {config.data.valid_manifest}: {report.summary()}")
     return train, valid
 
 
 def make_loader(
-    dataset: SpeechDataset, config: ExperimentConfig, shuffle: bool, device: torch.device
+    dataset: SpeechDataset,
+    config: ExperimentConfig,
+    shuffle: bool,
+    device: torch.device,
+    dist_info: Distributed | None = None,
 ) -> tuple[DataLoader, BucketBatchSampler]:
+    dist_info = dist_info or Distributed()
     sampler = BucketBatchSampler(
         frame_counts(dataset.utterances),
         config.data.max_frames_per_batch,
         shuffle=shuffle,
         seed=config.train.seed,
+        num_replicas=dist_info.world_size,
+        rank=dist_info.rank,
     )
     loader = DataLoader(
         dataset,
@@ -149,7 +159,7 @@ def estimate_normalizer(
     count = min(len(dataset), config.data.stats_utterances)
     chosen = sorted(random.Random(config.train.seed).sample(range(len(dataset)), count))
     stats = StatsAccumulator(config.features.n_mels)
-    for start in tqdm(range(0, count, 16), desc="normalisation stats", leave=False):
+    for start in tqdm(range(0, count, 16), desc="normalisation stats", leave=False, disable=None):
         batch = collate([dataset[i] for i in chosen[start : start + 16]])
         features, lengths = frontend.log_mel(batch.waveforms.to(device), batch.waveform_lengths.to(device))
         stats.add(features, lengths)
@@ -198,7 +208,7 @@ def ctc_loss(log_probs: torch.Tensor, output_lengths: torch.Tensor, batch: Batch
 def train_step(
     batch: Batch,
     frontend: FeatureFrontend,
-    model: AcousticModel,
+    model: torch.nn.Module,  # the AcousticModel, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
@@ -281,6 +291,12 @@ def save_last(path: Path, base: dict[str, Any], optimizer, scheduler, scaler, st
     })
 
 
+def save_epoch_checkpoint(out_dir: Path, epoch: int, payload: dict[str, Any], keep: int) -> None:
+    """Write epoch-N.pt and delete those older than the last ``keep`` epochs."""
+    save_checkpoint(out_dir / f"epoch-{epoch}.pt", payload)
+    (out_dir / f"epoch-{epoch - keep}.pt").unlink(missing_ok=True)
+
+
 class TensorBoard:
     """SummaryWriter when tensorboard is installed, otherwise a silent stand-in."""
 
@@ -303,32 +319,99 @@ class TensorBoard:
             self.writer.close()
 
 
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in a torchrun job (world_size 1 when run directly)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(config: ExperimentConfig) -> tuple[Distributed, torch.device]:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(), choose_device(config.train.device)
+    dist_info = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    device = choose_device(config.train.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist_info, device
+
+
+def all_ranks_agree(flag: bool, dist_info: Distributed, device: torch.device) -> bool:
+    """True on every rank if any rank says True (so that all ranks stop together)."""
+    if not dist_info.enabled:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
 # --------------------------------------------------------------------------- the loop
 
 
+def resume(path: Path, config: ExperimentConfig, frontend, model, optimizer, scheduler, scaler, device) -> TrainState:
+    saved = load_checkpoint(path, map_location=device)
+    if saved["config"] != to_dict(config):
+        log(f"note: {path} was written with a different config; resuming with the new one")
+    model.load_state_dict(saved["model"])
+    frontend.normalizer.mean.copy_(saved["normalizer"]["mean"])
+    frontend.normalizer.std.copy_(saved["normalizer"]["std"])
+    train_state = saved["train_state"]
+    optimizer.load_state_dict(train_state["optimizer"])
+    scheduler.load_state_dict(train_state["scheduler"])
+    scaler.load_state_dict(train_state["scaler"])
+    restore_rng_states(train_state["rng"])
+    state = TrainState(**train_state["position"])
+    log(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
+    return state
+
+
 def train(config: ExperimentConfig) -> TrainState:
-    """Train (or resume) the run described by ``config``; returns the final state."""
-    device = choose_device(config.train.device)
+    """Train (or resume) the run described by ``config``; returns the final state.
+
+    Run directly it trains on one device; under ``torchrun`` every rank trains on its shard
+    of each epoch's batches (DDP) and rank 0 alone validates and writes checkpoints and logs.
+    """
+    dist_info, device = setup_distributed(config)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
     out_dir = Path(config.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    say = log if dist_info.is_main else (lambda message: None)
 
     vocabulary = CharVocabulary.english()
-    train_utts, valid_utts = load_utterances(config, vocabulary)
+    train_utts, valid_utts = load_utterances(config, vocabulary, say)
     train_set = SpeechDataset(train_utts, vocabulary, cache_audio=config.data.cache_audio)
-    train_loader, train_sampler = make_loader(train_set, config, shuffle=True, device=device)
+    train_loader, train_sampler = make_loader(train_set, config, shuffle=True, device=device, dist_info=dist_info)
     valid_loader = None
-    if valid_utts:
+    if valid_utts and dist_info.is_main:
         valid_loader, _ = make_loader(SpeechDataset(valid_utts, vocabulary), config, shuffle=False, device=device)
-    log(f"train: {len(train_utts)} utterances, {sum(u.duration for u in train_utts) / 3600:.2f} h, "
-        f"{len(train_sampler)} batches/epoch, padding {100 * train_sampler.padding_fraction():.1f} % of frames")
+    say(f"train: {len(train_utts)} utterances, {sum(u.duration for u in train_utts) / 3600:.2f} h, "
+        f"{len(train_sampler)} batches/epoch on each of {dist_info.world_size} rank(s), "
+        f"padding {100 * train_sampler.padding_fraction():.1f} % of frames")
 
     frontend = FeatureFrontend(config.features).to(device)
     model = AcousticModel(config.model, config.features.n_mels, len(vocabulary)).to(device)
-    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {device}")
+    say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {device}")
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay
     )
@@ -338,50 +421,55 @@ def train(config: ExperimentConfig) -> TrainState:
     scheduler = make_scheduler(optimizer, config, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
 
-    state = TrainState()
     if last_path.exists():
-        saved = load_checkpoint(last_path, map_location=device)
-        if saved["config"] != to_dict(config):
-            log(f"note: {last_path} was written with a different config; resuming with the new one")
-        model.load_state_dict(saved["model"])
-        frontend.normalizer.mean.copy_(saved["normalizer"]["mean"])
-        frontend.normalizer.std.copy_(saved["normalizer"]["std"])
-        train_state = saved["train_state"]
-        optimizer.load_state_dict(train_state["optimizer"])
-        scheduler.load_state_dict(train_state["scheduler"])
-        scaler.load_state_dict(train_state["scaler"])
-        state = TrainState(**train_state["position"])
-        restore_rng_states(train_state["rng"])
-        log(f"resumed from {last_path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
+        state = resume(last_path, config, frontend, model, optimizer, scheduler, scaler, device)
     else:
-        estimate_normalizer(frontend, train_set, config, device)
+        state = TrainState()
+        if dist_info.is_main:
+            estimate_normalizer(frontend, train_set, config, device)
+    if dist_info.enabled:
+        for buffer in (frontend.normalizer.mean, frontend.normalizer.std):
+            torch.distributed.broadcast(buffer, src=0)
+        # Different dropout and SpecAugment draws on each rank; rank 0 keeps the saved stream.
+        if not dist_info.is_main:
+            torch.manual_seed(config.train.seed + 1000 * dist_info.rank + state.step)
+    step_model = model
+    if dist_info.enabled:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     decoder = GreedyDecoder(vocabulary)
-    board = TensorBoard(out_dir / "tensorboard")
+    board = TensorBoard(out_dir / "tensorboard") if dist_info.is_main else None
     base = lambda metrics: checkpoint_payload(config, vocabulary, frontend, model, metrics)  # noqa: E731
     model.train()
     stop = False
     session_start = time.monotonic()
     trained_before = state.train_seconds
-    loss = math.nan
 
     def out_of_budget() -> bool:
         if config.train.max_steps and state.step >= config.train.max_steps:
             return True
+        if not config.train.max_minutes:
+            return False
         minutes = (trained_before + time.monotonic() - session_start) / 60
-        return bool(config.train.max_minutes) and minutes >= config.train.max_minutes
+        return all_ranks_agree(minutes >= config.train.max_minutes, dist_info, device)
 
     while state.epoch < config.train.epochs and not stop:
         train_sampler.set_epoch(state.epoch, state.batch_in_epoch)
         progress = tqdm(train_loader, desc=f"epoch {state.epoch + 1}/{config.train.epochs}", leave=False,
-                        dynamic_ncols=True, disable=None)
+                        dynamic_ncols=True, disable=None if dist_info.is_main else True)
         window_audio, window_start = 0.0, time.monotonic()
+        epoch_audio, epoch_start, loss_sum, loss_count = 0.0, time.monotonic(), 0.0, 0
         for batch in progress:
-            loss = train_step(batch, frontend, model, optimizer, scheduler, scaler, config, device)
+            loss = train_step(batch, frontend, step_model, optimizer, scheduler, scaler, config, device)
             state.step += 1
-            state.batch_in_epoch += 1
-            window_audio += batch.waveform_lengths.sum().item() / config.features.sample_rate
-            if state.step % config.train.log_every_steps == 0:
+            state.batch_in_epoch += dist_info.world_size  # counted in global batches
+            loss_sum, loss_count = loss_sum + loss, loss_count + 1
+            batch_audio = batch.waveform_lengths.sum().item() / config.features.sample_rate * dist_info.world_size
+            window_audio += batch_audio
+            epoch_audio += batch_audio
+            if board is not None and state.step % config.train.log_every_steps == 0:
                 speed = window_audio / max(1e-9, time.monotonic() - window_start)
                 progress.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", audio_s_per_s=f"{speed:.0f}")
                 board.scalars({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
@@ -389,37 +477,51 @@ def train(config: ExperimentConfig) -> TrainState:
                 window_audio, window_start = 0.0, time.monotonic()
             stop = out_of_budget()
             every = config.train.checkpoint_every_steps
-            if stop or (every and state.step % every == 0):
+            if dist_info.is_main and (stop or (every and state.step % every == 0)):
                 state.train_seconds = trained_before + time.monotonic() - session_start
                 save_last(last_path, base({}), optimizer, scheduler, scaler, state)
             if stop:
                 break
         progress.close()
-        epoch_finished = not stop or state.batch_in_epoch >= len(train_sampler.rank_batches())
-        if epoch_finished:
+        train_sampler.set_epoch(state.epoch, state.batch_in_epoch)
+        if len(train_sampler) == 0:  # nothing left of this epoch (also true when stopped on its last batch)
             state.epoch += 1
             state.batch_in_epoch = 0
         state.train_seconds = trained_before + time.monotonic() - session_start
-        metrics: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "train_loss": loss,
-                                   "train_minutes": state.train_seconds / 60}
-        final = stop or state.epoch >= config.train.epochs
-        if valid_loader is not None and (final or state.epoch % config.train.valid_every_epochs == 0):
-            metrics.update(validate(valid_loader, frontend, model, decoder, config, device))
-            board.scalars({"valid/loss": metrics["valid_loss"], "valid/wer": metrics["valid_wer"],
-                           "valid/cer": metrics["valid_cer"]}, state.step)
-            log(f"epoch {state.epoch}: train loss {loss:.3f}, valid loss {metrics['valid_loss']:.3f}, "
-                f"WER {100 * metrics['valid_wer']:.2f} %, CER {100 * metrics['valid_cer']:.2f} % "
-                f"({metrics['train_minutes']:.1f} min)")
-            state.history.append(metrics)
-            with open(out_dir / "metrics.jsonl", "a") as out:
-                out.write(json.dumps(metrics) + "\n")
-            if metrics["valid_cer"] < state.best_cer:
-                state.best_cer = metrics["valid_cer"]
+        if dist_info.is_main:
+            metrics = {
+                "epoch": state.epoch,
+                "step": state.step,
+                "train_loss": loss_sum / loss_count if loss_count else math.nan,  # mean over this epoch's batches
+                "train_minutes": state.train_seconds / 60,
+                "audio_seconds_per_second": epoch_audio / max(1e-9, time.monotonic() - epoch_start),
+            }
+            final = stop or state.epoch >= config.train.epochs
+            if valid_loader is not None and (final or state.epoch % config.train.valid_every_epochs == 0):
+                metrics.update(validate(valid_loader, frontend, model, decoder, config, device))
+                board.scalars({"valid/loss": metrics["valid_loss"], "valid/wer": metrics["valid_wer"],
+                               "valid/cer": metrics["valid_cer"]}, state.step)
+                log(f"epoch {state.epoch}: train loss {metrics['train_loss']:.3f}, valid loss "
+                    f"{metrics['valid_loss']:.3f}, WER {100 * metrics['valid_wer']:.2f} %, CER "
+                    f"{100 * metrics['valid_cer']:.2f} % ({metrics['train_minutes']:.1f} min, "
+                    f"{metrics['audio_seconds_per_second']:.0f} audio-s/s)")
+                state.history.append(metrics)
+                with open(out_dir / "metrics.jsonl", "a") as out:
+                    out.write(json.dumps(metrics) + "\n")
+                if metrics["valid_cer"] < state.best_cer:
+                    state.best_cer = metrics["valid_cer"]
+                    save_checkpoint(best_path, base(metrics))
+            elif valid_loader is None:
                 save_checkpoint(best_path, base(metrics))
-        elif valid_loader is None:
-            save_checkpoint(best_path, base(metrics))
-        save_last(last_path, base(metrics), optimizer, scheduler, scaler, state)
-    board.close()
+            save_last(last_path, base(metrics), optimizer, scheduler, scaler, state)
+            if config.train.keep_epoch_checkpoints and state.batch_in_epoch == 0:
+                save_epoch_checkpoint(out_dir, state.epoch, base(metrics), config.train.keep_epoch_checkpoints)
+        if dist_info.enabled:
+            torch.distributed.barrier()  # the other ranks wait for validation and the checkpoint
+    if board is not None:
+        board.close()
+    if dist_info.enabled:
+        torch.distributed.destroy_process_group()
     return state
 
 

@@ -60,9 +60,9 @@ def test_bucket_sampler_shards_disjointly_across_ranks():
     assert not {i for b in first for i in b} & {i for b in second for i in b}
 
 
-def test_bucket_sampler_rejects_utterance_over_budget():
-    with pytest.raises(ValueError, match="exceeds max_frames_per_batch"):
-        BucketBatchSampler([100, 5000], max_frames=1000)
+def test_bucket_sampler_gives_an_over_budget_utterance_its_own_batch():
+    sampler = BucketBatchSampler([100, 5000, 120], max_frames=1000, shuffle=False)
+    assert list(sampler) == [[0, 2], [1]]
 
 
 def test_collate_pads_and_keeps_lengths():
