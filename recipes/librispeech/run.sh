@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# LibriSpeech recipes, staged and re-runnable. Usage:
+#   bash recipes/librispeech/run.sh CONFIG [--stage N] [--stop-stage N] [--gpus N] [--data DIR] [--mirror URL]
+#   bash recipes/librispeech/run.sh cpu-small --data-dir ../shared/data/librispeech_finetuning
+#   ... -- section.key=value ...    (config overrides passed on to training, e.g. model.cell=gru)
+# CONFIG is a name in recipes/librispeech/conf (mini, libri-light-10h, 100h, 460h, 960h, cpu-small).
+# Stages: 1 download + manifests, 2 train (normalisation stats first; resumes), 3 average the
+# last 5 epochs, 4 evaluate on dev/test clean/other, 5 write $exp/RESULTS.md.
+# --data-dir DIR uses any LibriSpeech-layout folder instead: split by speaker into train/dev.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+name=${1:?usage: run.sh CONFIG [options]}; shift
+stage=1; stop_stage=5; gpus=1; data=data/librispeech; mirror=""; data_dir=""; user_overrides=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --) shift; user_overrides=("$@"); break ;;
+    --stage) stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    --gpus) gpus=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
+    --mirror) mirror="--mirror $2"; shift 2 ;;
+    --data-dir) data_dir=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+conf=recipes/librispeech/conf/$name.yaml
+[ -f "$conf" ] || { echo "no such config: $conf" >&2; exit 2; }
+bash scripts/setup.sh
+source .venv/bin/activate
+exp=$(python -c "import sys; from asr.config import load_config; print(load_config(sys.argv[1], sys.argv[2:]).train.out_dir)" \
+  "$conf" "${user_overrides[@]}")
+
+case $name in
+  mini) train_sets="train-clean-5"; eval_sets="dev-clean-2" ;;
+  libri-light-10h) train_sets="librilight-10h"; eval_sets="dev-clean dev-other test-clean test-other" ;;
+  100h) train_sets="train-clean-100"; eval_sets="dev-clean dev-other test-clean test-other" ;;
+  460h) train_sets="train-460"; eval_sets="dev-clean dev-other test-clean test-other" ;;
+  *) train_sets="train-960"; eval_sets="dev-clean dev-other test-clean test-other" ;;
+esac
+overrides=()
+if [ -n "$data_dir" ]; then
+  data=$exp/data; eval_sets="dev"
+  overrides=(data.train_manifest=$data/manifests/train.jsonl data.valid_manifest=$data/manifests/dev.jsonl)
+else
+  overrides=(data.train_manifest=$(python -c "from asr.config import load_config; print(load_config('$conf').data.train_manifest.replace('data/librispeech', '$data'))")
+             data.valid_manifest=$data/manifests/$(echo $eval_sets | cut -d' ' -f1).jsonl)
+fi
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  echo "== stage 1: data"
+  if [ -n "$data_dir" ]; then
+    asr prepare "$data_dir" $data/manifests/train.jsonl --dev-out $data/manifests/dev.jsonl --dev-speakers 2
+  else
+    asr prepare librispeech --subsets $train_sets $eval_sets --dest $data --speed-perturb $mirror
+  fi
+fi
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  echo "== stage 2: train ($gpus process(es))"
+  if [ "$gpus" -gt 1 ]; then
+    torchrun --standalone --nproc_per_node "$gpus" -m asr.train "$conf" "${overrides[@]}" "${user_overrides[@]}"
+  else
+    asr train "$conf" "${overrides[@]}" "${user_overrides[@]}"
+  fi
+fi
+model=$exp/best.pt
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  echo "== stage 3: average the last 5 epochs"
+  if ls $exp/epoch-*.pt >/dev/null 2>&1 && [ "$(ls $exp/epoch-*.pt | wc -l)" -ge 5 ]; then
+    asr average $exp --last 5 --out $exp/avg.pt
+  else
+    echo "fewer than 5 epoch checkpoints: using best.pt"
+  fi
+fi
+[ -f $exp/avg.pt ] && model=$exp/avg.pt
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  echo "== stage 4: evaluate $model"
+  for set in $eval_sets; do
+    asr evaluate $model $data/manifests/$set.jsonl --report $exp/eval/$set.txt --utterances $exp/eval/$set.jsonl \
+      --worst 5 > /dev/null
+    echo "$set: $(sed -n 2,3p $exp/eval/$set.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
+  done
+fi
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  echo "== stage 5: $exp/RESULTS.md"
+  python - "$exp" "$model" "$conf" $eval_sets <<'PY'
+import json, sys, datetime
+from pathlib import Path
+exp, model, conf, sets = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+lines = [f"# {conf} ({datetime.date.today()})", "", f"model: `{model}`", "",
+         "| set | WER % | CER % |", "|---|---|---|"]
+for name in sets:
+    rows = [json.loads(l) for l in open(exp / "eval" / f"{name}.jsonl")]
+    w = sum(r["word"]["errors"] for r in rows) / max(1, sum(r["word"]["length"] for r in rows))
+    c = sum(r["char"]["errors"] for r in rows) / max(1, sum(r["char"]["length"] for r in rows))
+    lines.append(f"| {name} | {100 * w:.2f} | {100 * c:.2f} |")
+history = [json.loads(l) for l in open(exp / "metrics.jsonl")]
+lines += ["", "| epoch | train min | train loss | valid WER % | valid CER % |", "|---|---|---|---|---|"]
+lines += [f"| {m['epoch']} | {m['train_minutes']:.1f} | {m['train_loss']:.3f} | {100 * m['valid_wer']:.2f} | "
+          f"{100 * m['valid_cer']:.2f} |" for m in history if "valid_wer" in m]
+(exp / "RESULTS.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines[:6 + len(sets)]))
+PY
+fi
