@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -254,9 +255,15 @@ class SpeechDataset(Dataset):
             return self._cache[index].float() / 32767.0
         return samples
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        """None (after a warning naming the file) if the audio cannot be read: one bad file
+        must not end a training run; collate drops it from the batch."""
         labels = torch.tensor(self.vocabulary.encode(self.utterances[index].text), dtype=torch.long)
-        return index, self._waveform(index), labels
+        try:
+            return index, self._waveform(index), labels
+        except AudioError as err:
+            warnings.warn(f"skipping utterance {self.utterances[index].id}: {err}", stacklevel=1)
+            return None
 
 
 @dataclass
@@ -273,7 +280,12 @@ class Batch:
         return self
 
 
-def collate(items: Sequence[tuple[int, torch.Tensor, torch.Tensor]]) -> Batch:
+def collate(items: Sequence[tuple[int, torch.Tensor, torch.Tensor] | None]) -> Batch:
+    """Pad a list of dataset items into a batch; unreadable items (None) are left out."""
+    items = [item for item in items if item is not None]
+    if not items:
+        empty = torch.zeros(0, 0)
+        return Batch([], empty, torch.zeros(0, dtype=torch.long), empty.long(), torch.zeros(0, dtype=torch.long))
     indices, waveforms, labels = zip(*items)
     return Batch(
         indices=list(indices),

@@ -245,6 +245,8 @@ def validate(
     references, hypotheses = [], []
     total_loss = 0.0
     for batch in loader:
+        if not batch.indices:
+            continue
         features, lengths = frontend(batch.waveforms.to(device), batch.waveform_lengths.to(device))
         with autocast(config, device):
             log_probs, output_lengths = model(features, lengths)
@@ -257,44 +259,6 @@ def validate(
         "valid_wer": error_counts(references, hypotheses, "word").rate,
         "valid_cer": error_counts(references, hypotheses, "char").rate,
     }
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_payload(
-    config: ExperimentConfig,
-    vocabulary: CharVocabulary,
-    frontend: FeatureFrontend,
-    model: AcousticModel,
-    metrics: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "config": to_dict(config),
-        "vocabulary": vocabulary.tokens[1:],
-        "normalizer": {"mean": frontend.normalizer.mean.cpu(), "std": frontend.normalizer.std.cpu()},
-        "model": {k: v.cpu() for k, v in model.state_dict().items()},
-        "metrics": metrics,
-    }
-
-
-def save_last(path: Path, base: dict[str, Any], optimizer, scheduler, scaler, state: TrainState) -> None:
-    save_checkpoint(path, {
-        **base,
-        "train_state": {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "position": {k: v for k, v in vars(state).items()},
-            "rng": rng_states(),
-        },
-    })
-
-
-def save_epoch_checkpoint(out_dir: Path, epoch: int, payload: dict[str, Any], keep: int) -> None:
-    """Write epoch-N.pt and delete those older than the last ``keep`` epochs."""
-    save_checkpoint(out_dir / f"epoch-{epoch}.pt", payload)
-    (out_dir / f"epoch-{epoch - keep}.pt").unlink(missing_ok=True)
 
 
 class TensorBoard:
@@ -363,39 +327,65 @@ def all_ranks_agree(flag: bool, dist_info: Distributed, device: torch.device) ->
     return bool(value.item())
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the run
 
 
-def resume(path: Path, config: ExperimentConfig, frontend, model, optimizer, scheduler, scaler, device) -> TrainState:
-    saved = load_checkpoint(path, map_location=device)
-    if saved["config"] != to_dict(config):
-        log(f"note: {path} was written with a different config; resuming with the new one")
-    model.load_state_dict(saved["model"])
-    frontend.normalizer.mean.copy_(saved["normalizer"]["mean"])
-    frontend.normalizer.std.copy_(saved["normalizer"]["std"])
-    train_state = saved["train_state"]
-    optimizer.load_state_dict(train_state["optimizer"])
-    scheduler.load_state_dict(train_state["scheduler"])
-    scaler.load_state_dict(train_state["scaler"])
-    restore_rng_states(train_state["rng"])
-    state = TrainState(**train_state["position"])
-    log(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
-    return state
+@dataclass
+class Run:
+    """Everything one training run works with, built once by :func:`build_run`."""
+
+    config: ExperimentConfig
+    dist: Distributed
+    device: torch.device
+    vocabulary: CharVocabulary
+    frontend: FeatureFrontend
+    model: AcousticModel  # the network itself: saved, validated
+    step_model: torch.nn.Module  # what training steps call: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: DataLoader
+    train_sampler: BucketBatchSampler
+    valid_loader: DataLoader | None
+    board: TensorBoard | None  # rank 0 only
+    out_dir: Path
+    state: TrainState = field(default_factory=TrainState)
+    session_start: float = field(default_factory=time.monotonic)
+    trained_before: float = 0.0  # seconds trained by earlier sessions of this run
+
+    def say(self, message: str) -> None:
+        if self.dist.is_main:
+            log(message)
+
+    def train_seconds(self) -> float:
+        return self.trained_before + time.monotonic() - self.session_start
 
 
-def train(config: ExperimentConfig) -> TrainState:
-    """Train (or resume) the run described by ``config``; returns the final state.
+@dataclass
+class EpochStats:
+    loss_sum: float = 0.0
+    steps: int = 0
+    audio_seconds: float = 0.0  # over all ranks
+    start: float = field(default_factory=time.monotonic)
+    stopped: bool = False  # the step or time budget ran out
 
-    Run directly it trains on one device; under ``torchrun`` every rank trains on its shard
-    of each epoch's batches (DDP) and rank 0 alone validates and writes checkpoints and logs.
-    """
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.steps if self.steps else math.nan
+
+    @property
+    def audio_seconds_per_second(self) -> float:
+        return self.audio_seconds / max(1e-9, time.monotonic() - self.start)
+
+
+def build_run(config: ExperimentConfig) -> Run:
+    """Data, model, optimiser and schedule; resumed from last.pt when it exists."""
     dist_info, device = setup_distributed(config)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
     out_dir = Path(config.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     say = log if dist_info.is_main else (lambda message: None)
 
     vocabulary = CharVocabulary.english()
@@ -417,112 +407,184 @@ def train(config: ExperimentConfig) -> TrainState:
     )
     # The schedule depends on the epochs alone: max_steps/max_minutes interrupt a run, and a
     # resumed run must follow the same learning-rate curve as an uninterrupted one.
-    total_steps = config.train.epochs * len(train_sampler)
-    scheduler = make_scheduler(optimizer, config, total_steps)
+    scheduler = make_scheduler(optimizer, config, total_steps=config.train.epochs * len(train_sampler))
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
 
+    last_path = out_dir / "last.pt"
     if last_path.exists():
-        state = resume(last_path, config, frontend, model, optimizer, scheduler, scaler, device)
+        state = resume(last_path, config, frontend, model, optimizer, scheduler, scaler, device, say)
     else:
         state = TrainState()
         if dist_info.is_main:
             estimate_normalizer(frontend, train_set, config, device)
+    step_model: torch.nn.Module = model
     if dist_info.enabled:
         for buffer in (frontend.normalizer.mean, frontend.normalizer.std):
             torch.distributed.broadcast(buffer, src=0)
         # Different dropout and SpecAugment draws on each rank; rank 0 keeps the saved stream.
         if not dist_info.is_main:
             torch.manual_seed(config.train.seed + 1000 * dist_info.rank + state.step)
-    step_model = model
-    if dist_info.enabled:
         step_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    return Run(
+        config, dist_info, device, vocabulary, frontend, model, step_model, optimizer, scheduler, scaler,
+        train_loader, train_sampler, valid_loader, TensorBoard(out_dir / "tensorboard") if dist_info.is_main else None,
+        out_dir, state, trained_before=state.train_seconds,
+    )
 
-    decoder = GreedyDecoder(vocabulary)
-    board = TensorBoard(out_dir / "tensorboard") if dist_info.is_main else None
-    base = lambda metrics: checkpoint_payload(config, vocabulary, frontend, model, metrics)  # noqa: E731
-    model.train()
-    stop = False
-    session_start = time.monotonic()
-    trained_before = state.train_seconds
 
-    def out_of_budget() -> bool:
-        if config.train.max_steps and state.step >= config.train.max_steps:
-            return True
-        if not config.train.max_minutes:
-            return False
-        minutes = (trained_before + time.monotonic() - session_start) / 60
-        return all_ranks_agree(minutes >= config.train.max_minutes, dist_info, device)
-
-    while state.epoch < config.train.epochs and not stop:
-        train_sampler.set_epoch(state.epoch, state.batch_in_epoch)
-        progress = tqdm(train_loader, desc=f"epoch {state.epoch + 1}/{config.train.epochs}", leave=False,
-                        dynamic_ncols=True, disable=None if dist_info.is_main else True)
-        window_audio, window_start = 0.0, time.monotonic()
-        epoch_audio, epoch_start, loss_sum, loss_count = 0.0, time.monotonic(), 0.0, 0
-        for batch in progress:
-            loss = train_step(batch, frontend, step_model, optimizer, scheduler, scaler, config, device)
-            state.step += 1
-            state.batch_in_epoch += dist_info.world_size  # counted in global batches
-            loss_sum, loss_count = loss_sum + loss, loss_count + 1
-            batch_audio = batch.waveform_lengths.sum().item() / config.features.sample_rate * dist_info.world_size
-            window_audio += batch_audio
-            epoch_audio += batch_audio
-            if board is not None and state.step % config.train.log_every_steps == 0:
-                speed = window_audio / max(1e-9, time.monotonic() - window_start)
-                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", audio_s_per_s=f"{speed:.0f}")
-                board.scalars({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                               "train/audio_seconds_per_second": speed}, state.step)
-                window_audio, window_start = 0.0, time.monotonic()
-            stop = out_of_budget()
-            every = config.train.checkpoint_every_steps
-            if dist_info.is_main and (stop or (every and state.step % every == 0)):
-                state.train_seconds = trained_before + time.monotonic() - session_start
-                save_last(last_path, base({}), optimizer, scheduler, scaler, state)
-            if stop:
-                break
-        progress.close()
-        train_sampler.set_epoch(state.epoch, state.batch_in_epoch)
-        if len(train_sampler) == 0:  # nothing left of this epoch (also true when stopped on its last batch)
-            state.epoch += 1
-            state.batch_in_epoch = 0
-        state.train_seconds = trained_before + time.monotonic() - session_start
-        if dist_info.is_main:
-            metrics = {
-                "epoch": state.epoch,
-                "step": state.step,
-                "train_loss": loss_sum / loss_count if loss_count else math.nan,  # mean over this epoch's batches
-                "train_minutes": state.train_seconds / 60,
-                "audio_seconds_per_second": epoch_audio / max(1e-9, time.monotonic() - epoch_start),
-            }
-            final = stop or state.epoch >= config.train.epochs
-            if valid_loader is not None and (final or state.epoch % config.train.valid_every_epochs == 0):
-                metrics.update(validate(valid_loader, frontend, model, decoder, config, device))
-                board.scalars({"valid/loss": metrics["valid_loss"], "valid/wer": metrics["valid_wer"],
-                               "valid/cer": metrics["valid_cer"]}, state.step)
-                log(f"epoch {state.epoch}: train loss {metrics['train_loss']:.3f}, valid loss "
-                    f"{metrics['valid_loss']:.3f}, WER {100 * metrics['valid_wer']:.2f} %, CER "
-                    f"{100 * metrics['valid_cer']:.2f} % ({metrics['train_minutes']:.1f} min, "
-                    f"{metrics['audio_seconds_per_second']:.0f} audio-s/s)")
-                state.history.append(metrics)
-                with open(out_dir / "metrics.jsonl", "a") as out:
-                    out.write(json.dumps(metrics) + "\n")
-                if metrics["valid_cer"] < state.best_cer:
-                    state.best_cer = metrics["valid_cer"]
-                    save_checkpoint(best_path, base(metrics))
-            elif valid_loader is None:
-                save_checkpoint(best_path, base(metrics))
-            save_last(last_path, base(metrics), optimizer, scheduler, scaler, state)
-            if config.train.keep_epoch_checkpoints and state.batch_in_epoch == 0:
-                save_epoch_checkpoint(out_dir, state.epoch, base(metrics), config.train.keep_epoch_checkpoints)
-        if dist_info.enabled:
-            torch.distributed.barrier()  # the other ranks wait for validation and the checkpoint
-    if board is not None:
-        board.close()
-    if dist_info.enabled:
-        torch.distributed.destroy_process_group()
+def resume(path, config, frontend, model, optimizer, scheduler, scaler, device, say=log) -> TrainState:
+    saved = load_checkpoint(path, map_location=device)
+    if saved["config"] != to_dict(config):
+        say(f"note: {path} was written with a different config; resuming with the new one")
+    model.load_state_dict(saved["model"])
+    frontend.normalizer.mean.copy_(saved["normalizer"]["mean"])
+    frontend.normalizer.std.copy_(saved["normalizer"]["std"])
+    train_state = saved["train_state"]
+    optimizer.load_state_dict(train_state["optimizer"])
+    scheduler.load_state_dict(train_state["scheduler"])
+    scaler.load_state_dict(train_state["scaler"])
+    restore_rng_states(train_state["rng"])
+    state = TrainState(**train_state["position"])
+    say(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
     return state
+
+
+def out_of_budget(run: Run) -> bool:
+    """The step or time budget is spent (decided together by all ranks)."""
+    if run.config.train.max_steps and run.state.step >= run.config.train.max_steps:
+        return True
+    if not run.config.train.max_minutes:
+        return False
+    return all_ranks_agree(run.train_seconds() / 60 >= run.config.train.max_minutes, run.dist, run.device)
+
+
+def train_one_epoch(run: Run) -> EpochStats:
+    """Train on the rest of the current epoch, or until the budget runs out."""
+    config, state = run.config, run.state
+    run.train_sampler.set_epoch(state.epoch, state.batch_in_epoch)
+    stats = EpochStats()
+    window_audio, window_start = 0.0, time.monotonic()
+    progress = tqdm(run.train_loader, desc=f"epoch {state.epoch + 1}/{config.train.epochs}", leave=False,
+                    dynamic_ncols=True, disable=None if run.dist.is_main else True)
+    for batch in progress:
+        if not batch.indices:  # every file of the batch was unreadable (each one reported)
+            state.batch_in_epoch += run.dist.world_size
+            continue
+        loss = train_step(batch, run.frontend, run.step_model, run.optimizer, run.scheduler, run.scaler, config,
+                          run.device)
+        state.step += 1
+        state.batch_in_epoch += run.dist.world_size  # counted in global batches
+        audio = batch.waveform_lengths.sum().item() / config.features.sample_rate * run.dist.world_size
+        stats.loss_sum, stats.steps, stats.audio_seconds = stats.loss_sum + loss, stats.steps + 1, stats.audio_seconds + audio
+        window_audio += audio
+        if run.board is not None and state.step % config.train.log_every_steps == 0:
+            speed = window_audio / max(1e-9, time.monotonic() - window_start)
+            lr = run.scheduler.get_last_lr()[0]
+            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.0f}")
+            run.board.scalars({"train/loss": loss, "train/lr": lr, "train/audio_seconds_per_second": speed}, state.step)
+            window_audio, window_start = 0.0, time.monotonic()
+        stats.stopped = out_of_budget(run)
+        every = config.train.checkpoint_every_steps
+        if run.dist.is_main and (stats.stopped or (every and state.step % every == 0)):
+            save_last(run, {})
+        if stats.stopped:
+            break
+    progress.close()
+    run.train_sampler.set_epoch(state.epoch, state.batch_in_epoch)
+    if len(run.train_sampler) == 0:  # nothing left of this epoch (also when stopped on its last batch)
+        state.epoch += 1
+        state.batch_in_epoch = 0
+    return stats
+
+
+def end_of_epoch(run: Run, stats: EpochStats) -> None:
+    """Rank 0 validates, logs and writes checkpoints; the other ranks wait for it."""
+    config, state = run.config, run.state
+    state.train_seconds = run.train_seconds()
+    if run.dist.is_main:
+        metrics: dict[str, Any] = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "train_loss": stats.mean_loss,  # mean over this session's batches of the epoch
+            "train_minutes": state.train_seconds / 60,
+            "audio_seconds_per_second": stats.audio_seconds_per_second,
+        }
+        final = stats.stopped or state.epoch >= config.train.epochs
+        if run.valid_loader is not None and (final or state.epoch % config.train.valid_every_epochs == 0):
+            metrics.update(validate(run.valid_loader, run.frontend, run.model, GreedyDecoder(run.vocabulary),
+                                    config, run.device))
+            run.board.scalars({f"valid/{k[6:]}": metrics[k] for k in ("valid_loss", "valid_wer", "valid_cer")},
+                              state.step)
+            log(f"epoch {state.epoch}: train loss {metrics['train_loss']:.3f}, valid loss "
+                f"{metrics['valid_loss']:.3f}, WER {100 * metrics['valid_wer']:.2f} %, CER "
+                f"{100 * metrics['valid_cer']:.2f} % ({metrics['train_minutes']:.1f} min, "
+                f"{metrics['audio_seconds_per_second']:.0f} audio-s/s)")
+            state.history.append(metrics)
+            with open(run.out_dir / "metrics.jsonl", "a") as out:
+                out.write(json.dumps(metrics) + "\n")
+            if metrics["valid_cer"] < state.best_cer:
+                state.best_cer = metrics["valid_cer"]
+                save_checkpoint(run.out_dir / "best.pt", checkpoint_payload(run, metrics))
+        elif run.valid_loader is None:
+            save_checkpoint(run.out_dir / "best.pt", checkpoint_payload(run, metrics))
+        save_last(run, metrics)
+        keep = config.train.keep_epoch_checkpoints
+        if keep and state.batch_in_epoch == 0:
+            save_checkpoint(run.out_dir / f"epoch-{state.epoch}.pt", checkpoint_payload(run, metrics))
+            (run.out_dir / f"epoch-{state.epoch - keep}.pt").unlink(missing_ok=True)
+    if run.dist.enabled:
+        torch.distributed.barrier()
+
+
+def train(config: ExperimentConfig) -> TrainState:
+    """Train (or resume) the run described by ``config``; returns the final state.
+
+    Run directly it trains on one device; under ``torchrun`` every rank trains on its shard
+    of each epoch's batches (DDP) and rank 0 alone validates and writes checkpoints and logs.
+    """
+    run = build_run(config)
+    run.model.train()
+    stopped = False
+    while run.state.epoch < config.train.epochs and not stopped:
+        stats = train_one_epoch(run)
+        end_of_epoch(run, stats)
+        stopped = stats.stopped
+    if run.board is not None:
+        run.board.close()
+    if run.dist.enabled:
+        torch.distributed.destroy_process_group()
+    return run.state
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_payload(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What transcription needs: config, vocabulary, normalisation, weights (+ metrics)."""
+    return {
+        "config": to_dict(run.config),
+        "vocabulary": run.vocabulary.tokens[1:],
+        "normalizer": {"mean": run.frontend.normalizer.mean.cpu(), "std": run.frontend.normalizer.std.cpu()},
+        "model": {k: v.cpu() for k, v in run.model.state_dict().items()},
+        "metrics": metrics,
+    }
+
+
+def save_last(run: Run, metrics: dict[str, Any]) -> None:
+    """last.pt: the model plus everything an exact resume needs."""
+    run.state.train_seconds = run.train_seconds()
+    save_checkpoint(run.out_dir / "last.pt", {
+        **checkpoint_payload(run, metrics),
+        "train_state": {
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "position": dict(vars(run.state)),
+            "rng": rng_states(),
+        },
+    })
 
 
 def config_from_checkpoint(payload: dict[str, Any]) -> ExperimentConfig:

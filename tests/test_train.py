@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from asr.checkpoint import load_checkpoint
@@ -57,3 +58,17 @@ def test_resume_reaches_the_same_weights(tone_corpus, tmp_path):
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_an_unreadable_training_file_is_skipped_not_fatal(tone_corpus, tmp_path):
+    from asr.data import read_manifest, write_manifest
+
+    utterances = read_manifest(tone_corpus["train"])
+    broken = tmp_path / "broken.flac"
+    broken.write_bytes(open(utterances[0].audio, "rb").read()[:100])  # truncated: header only
+    manifest = tmp_path / "train.jsonl"
+    write_manifest(manifest, [*utterances, utterances[0].__class__("broken", str(broken), "abc", 1.0, "1")])
+    config = tiny_config(tmp_path / "run", tone_corpus, data={"train_manifest": str(manifest)}, train={"epochs": 1})
+    with pytest.warns(UserWarning, match="skipping utterance broken"):
+        state = train(config)
+    assert state.epoch == 1
