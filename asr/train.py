@@ -314,6 +314,9 @@ def setup_distributed(config: ExperimentConfig) -> tuple[Distributed, torch.devi
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
+        # Gloo's eager full-mesh connect failed ("connection refused") in the workers that
+        # torchrun restarts after a worker dies; connecting pairs on first use works.
+        os.environ.setdefault("TORCH_GLOO_LAZY_INIT", "1")
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist_info, device
 

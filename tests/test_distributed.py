@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -40,3 +42,29 @@ def test_two_process_ddp_trains_and_resumes_with_another_world_size(tone_corpus,
     lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [m["epoch"] for m in lines] == [1, 1, 2, 3]  # rank 0 alone logs: one line per validation
     assert (out / "best.pt").exists()
+
+
+@pytest.mark.slow
+def test_elastic_restart_after_a_worker_is_killed(tone_corpus, tmp_path):
+    out = tmp_path / "elastic"
+    config = tiny_config(out, tone_corpus, train={"epochs": 40, "checkpoint_every_steps": 1},
+                         data={"max_frames_per_batch": 350})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+         "-m", "asr.train", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no worker processes found"
+    os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies mid-training
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, output[-6000:]
+    assert "resumed from" in output  # the restarted workers continued from last.pt
+    assert load_checkpoint(out / "last.pt")["train_state"]["position"]["epoch"] == 40
