@@ -241,19 +241,23 @@ class SpeechDataset(Dataset):
 
     def _waveform(self, index: int) -> torch.Tensor:
         cached = self._cache.get(index)
-        if cached is not None:
-            return cached.float() / 32767.0
-        utterance = self.utterances[index]
+        if cached is None:
+            samples = self._load(self.utterances[index])
+            if not self.cache_audio:
+                return samples
+            # int16 halves the memory of float32 at no audible cost; cached or not, an
+            # utterance then always yields the same samples (exact resume relies on it).
+            cached = self._cache[index] = (samples.clamp(-1, 1) * 32767.0).round().to(torch.int16)
+        return cached.float() / 32767.0
+
+    @staticmethod
+    def _load(utterance: Utterance) -> torch.Tensor:
         samples = load_audio(utterance.audio)
         if utterance.speed != 1.0:
             # Treat the audio as recorded at speed x 16 kHz and resample it to 16 kHz, as
             # `sox speed` does: tempo and pitch change together.
             samples = soxr.resample(samples, SAMPLE_RATE * utterance.speed, SAMPLE_RATE).astype(np.float32)
-        samples = torch.from_numpy(samples)
-        if self.cache_audio:  # int16 halves the memory of float32 at no audible cost
-            self._cache[index] = (samples.clamp(-1, 1) * 32767.0).round().to(torch.int16)
-            return self._cache[index].float() / 32767.0
-        return samples
+        return torch.from_numpy(samples)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor] | None:
         """None (after a warning naming the file) if the audio cannot be read: one bad file
