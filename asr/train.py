@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from asr.checkpoint import load_checkpoint, save_checkpoint
-from asr.config import ExperimentConfig, from_dict, load_config, to_dict
+from asr.config import ExperimentConfig, load_config, to_dict
 from asr.data import (
     Batch,
     BucketBatchSampler,
@@ -588,10 +588,6 @@ def save_last(run: Run, metrics: dict[str, Any]) -> None:
             "rng": rng_states(),
         },
     })
-
-
-def config_from_checkpoint(payload: dict[str, Any]) -> ExperimentConfig:
-    return from_dict(ExperimentConfig, payload["config"])
 
 
 def main(argv: list[str] | None = None) -> int:

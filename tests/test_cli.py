@@ -72,7 +72,6 @@ def test_bad_checkpoint_and_config_give_clear_errors(tmp_path, capsys):
 
 
 def test_prepare_and_train_from_the_command_line(tone_corpus, tmp_path, capsys):
-    root = tone_corpus["root"]
     # Re-lay the tone corpus out as LibriSpeech (speaker/chapter/ with a .trans.txt).
     for speaker, manifest in (("1", tone_corpus["train"]), ("2", tone_corpus["valid"])):
         chapter = tmp_path / "corpus" / speaker / "0"
