@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from asr.data import Utterance, scan_librispeech, write_manifest
+from asr.data import Utterance, read_manifest, scan_librispeech, write_manifest
 from asr.download import Resource, download, extract
 
 OPENSLR = "https://www.openslr.org/resources"
@@ -172,8 +172,6 @@ def _write_subset_manifest(name: str, folders: list[Path], dest: Path, speed_per
     if speed_perturb:
         perturbed = dest / "manifests" / f"{name}-sp.jsonl"
         if not perturbed.exists():
-            from asr.data import read_manifest
-
             write_manifest(perturbed, speed_perturbed(read_manifest(path)))
     return path
 

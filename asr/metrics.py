@@ -15,6 +15,14 @@ class ErrorCounts:
     insertions: int
     hits: int
 
+    def __add__(self, other: ErrorCounts) -> ErrorCounts:
+        return ErrorCounts(
+            self.substitutions + other.substitutions,
+            self.deletions + other.deletions,
+            self.insertions + other.insertions,
+            self.hits + other.hits,
+        )
+
     @property
     def reference_length(self) -> int:
         return self.substitutions + self.deletions + self.hits
@@ -41,13 +49,6 @@ def _split_empty(references: Sequence[str], hypotheses: Sequence[str], unit: str
     return ErrorCounts(0, 0, inserted, 0)
 
 
-def _add(a: ErrorCounts, b: ErrorCounts) -> ErrorCounts:
-    return ErrorCounts(*(x + y for x, y in zip(
-        (a.substitutions, a.deletions, a.insertions, a.hits),
-        (b.substitutions, b.deletions, b.insertions, b.hits),
-    )))
-
-
 def error_counts(references: Sequence[str], hypotheses: Sequence[str], unit: str = "word") -> ErrorCounts:
     """Corpus-level edit counts of ``hypotheses`` against ``references`` ("word" or "char")."""
     if len(references) != len(hypotheses):
@@ -57,7 +58,7 @@ def error_counts(references: Sequence[str], hypotheses: Sequence[str], unit: str
     if pairs:
         refs, hyps = zip(*pairs)
         process = jiwer.process_words if unit == "word" else jiwer.process_characters
-        total = _add(total, _counts(process(list(refs), list(hyps))))
+        total = total + _counts(process(list(refs), list(hyps)))
     return total
 
 

@@ -144,11 +144,11 @@ class EvaluationReport:
 
     @property
     def words(self) -> ErrorCounts:
-        return _sum_counts(s.words for s in self.scores)
+        return sum((s.words for s in self.scores), ErrorCounts(0, 0, 0, 0))
 
     @property
     def chars(self) -> ErrorCounts:
-        return _sum_counts(s.chars for s in self.scores)
+        return sum((s.chars for s in self.scores), ErrorCounts(0, 0, 0, 0))
 
     def worst(self, count: int = 10) -> list[UtteranceScore]:
         return sorted(self.scores, key=lambda s: (-s.words.errors, -s.words.rate, s.id))[:count]
@@ -174,13 +174,6 @@ class EvaluationReport:
                     f"    HYP: {s.hypothesis}",
                 ]
         return "\n".join(lines)
-
-
-def _sum_counts(counts: Iterable[ErrorCounts]) -> ErrorCounts:
-    s = d = i = h = 0
-    for c in counts:
-        s, d, i, h = s + c.substitutions, d + c.deletions, i + c.insertions, h + c.hits
-    return ErrorCounts(s, d, i, h)
 
 
 def evaluate(recognizer: SpeechRecognizer, utterances: Sequence[Utterance]) -> EvaluationReport:
