@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         held_out = args.dev_speaker_ids.split(",") if args.dev_speaker_ids else args.dev_speakers
         train, dev = split_by_speaker(utterances, held_out, seed=args.seed)
         outputs = [(args.out, train), (args.dev_out, dev)]
+    if args.speed_perturb:
+        from asr.librispeech import speed_perturbed
+
+        # Only the training part: dev and test sets are scored on the audio as recorded.
+        outputs[0] = (args.out, speed_perturbed(outputs[0][1]))
     for path, items in outputs:
         write_manifest(path, items)
         speakers = sorted({u.speaker for u in items})
@@ -79,21 +85,85 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_transcribe(args: argparse.Namespace) -> int:
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding (default: greedy, or the settings `asr tune-lm` stored beside the checkpoint)")
+    group.add_argument("--beam", type=int, metavar="N", help="beam search with N hypotheses (default 50 with --lm/--lexicon)")
+    group.add_argument("--lm", help="KenLM word LM (ARPA, .arpa.gz or binary); implies beam search")
+    group.add_argument("--lexicon", help="lexicon or word list limiting the words (default: the ARPA's words)")
+    group.add_argument("--lm-weight", type=float, help="LM weight (default 1.0, or the tuned value)")
+    group.add_argument("--word-score", type=float, help="score added per word (default 0, or the tuned value)")
+    group.add_argument("--beam-threshold", type=float, help="prune hypotheses this far below the best (default 25)")
+    group.add_argument("--greedy", action="store_true", help="greedy decoding, ignoring tuned settings")
+    group.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="beam search worker processes (default: one per core)")
+
+
+def tuned_settings_path(checkpoint: str) -> Path:
+    return Path(checkpoint + ".decoding.yaml")
+
+
+def decoding_settings(args: argparse.Namespace):
+    """Greedy, the tuned settings beside the checkpoint, or beam search from the flags."""
+    from dataclasses import replace
+
+    from asr.decoding import DecodingSettings, load_decoding_settings
+
+    if args.greedy:
+        return DecodingSettings()
+    settings = DecodingSettings()
+    tuned = tuned_settings_path(args.checkpoint)
+    if tuned.is_file():
+        settings = load_decoding_settings(tuned)
+        print(f"using tuned decoding settings from {tuned}", file=sys.stderr)
+    overrides = {name: value for name, value in (("beam_size", args.beam), ("lm_weight", args.lm_weight),
+                 ("word_score", args.word_score), ("beam_threshold", args.beam_threshold)) if value is not None}
+    if overrides or args.lm or args.lexicon:
+        settings = replace(settings, method="beam", lm=args.lm or settings.lm, lexicon=args.lexicon or settings.lexicon,
+                           beam=replace(settings.beam, **overrides))
+    return settings
+
+
+def load_recognizer(args: argparse.Namespace):
     from asr.transcribe import load_model
 
     recognizer = load_model(args.checkpoint, device=args.device)
+    settings = decoding_settings(args)
+    problem = recognizer.use_decoding(settings, workers=args.workers)
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"decoding: {recognizer.decoding.describe()}", file=sys.stderr)
+    return recognizer
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from asr.transcribe import format_srt, format_vtt, subtitle_cues
+
+    if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:
+        print(f"error: --format {args.format} with several files needs --output-dir", file=sys.stderr)
+        return EXIT_USAGE
+    recognizer = load_recognizer(args)
     results = recognizer.transcribe(args.files)
     for result in results:
-        if args.format == "json":
-            record = {"path": result.path, "text": result.text, "duration": round(result.duration, 3)}
-            if not result.ok:
-                record["error"] = result.error
-            print(json.dumps(record, ensure_ascii=False))
-        elif result.ok:
-            print(f"{result.path}\t{result.text}" if len(results) > 1 else result.text)
         if not result.ok:
             print(f"error: {result.path}: {result.error}", file=sys.stderr)
+            if args.format == "json":
+                print(json.dumps({"path": result.path, "error": result.error}, ensure_ascii=False))
+            continue
+        if args.format == "json":
+            words = [{"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence} for w in result.words]
+            output = json.dumps({"path": result.path, "text": result.text, "duration": round(result.duration, 3),
+                                 "words": words}, ensure_ascii=False)
+        elif args.format in ("srt", "vtt"):
+            cues = subtitle_cues(result.words)
+            output = format_srt(cues) if args.format == "srt" else format_vtt(cues)
+        else:
+            output = f"{result.path}\t{result.text}" if len(results) > 1 and not args.output_dir else result.text
+        if args.output_dir:
+            target = Path(args.output_dir) / (Path(result.path).stem + "." + ("txt" if args.format == "text" else args.format))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(output + ("\n" if not output.endswith("\n") else ""), encoding="utf-8")
+        else:
+            print(output)
     return EXIT_FAILURES if any(not r.ok for r in results) else EXIT_OK
 
 
@@ -110,9 +180,9 @@ def write_utterance_scores(path: str, report) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from asr.transcribe import evaluate_manifest, load_model
+    from asr.transcribe import evaluate_manifest
 
-    recognizer = load_model(args.checkpoint, device=args.device)
+    recognizer = load_recognizer(args)
     report = evaluate_manifest(recognizer, args.manifest)
     text = report.format(worst=args.worst)
     print(text)
@@ -123,6 +193,64 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.utterances:
         write_utterance_scores(args.utterances, report)
     return EXIT_FAILURES if report.failed else EXIT_OK
+
+
+def cmd_lm_build(args: argparse.Namespace) -> int:
+    from asr.lm import build_lm
+
+    report = build_lm(args.text, args.order, args.out, prune=args.prune or ())
+    print(f"{report.path}: {args.order}-gram from {report.sentences} sentences, {report.words} words, "
+          f"{report.vocabulary} distinct")
+    return EXIT_OK
+
+
+def cmd_tune_lm(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from asr.data import read_manifest
+    from asr.decoding import BeamSearchOptions, DecodingSettings, save_decoding_settings
+    from asr.lm import LanguageModelError
+    from asr.transcribe import load_model
+    from asr.tune import compute_emissions, fingerprint, load_emissions, save_emissions, tune_lm
+
+    utterances = read_manifest(args.manifest)
+    recognizer = load_model(args.checkpoint, device=args.device)
+    identity = fingerprint(args.checkpoint, utterances)
+    emissions = load_emissions(args.emissions_cache, identity) if args.emissions_cache else None
+    if emissions is None:
+        emissions = compute_emissions(recognizer, utterances, identity)
+        if args.emissions_cache:
+            save_emissions(args.emissions_cache, emissions)
+    else:
+        print(f"emissions from {args.emissions_cache}", file=sys.stderr)
+    for failure in emissions.failed:
+        print(f"warning: skipped {failure}", file=sys.stderr)
+    resolve = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731  (settings outlive the cwd)
+    base = DecodingSettings("beam", resolve(args.lm), resolve(args.lexicon),
+                            BeamSearchOptions(beam_size=args.beam, beam_threshold=args.beam_threshold))
+
+    def show(row) -> None:
+        print(f"  lm_weight {row.lm_weight:5.2f}  word_score {row.word_score:5.2f}  "
+              f"WER {100 * row.words.rate:6.2f} %  CER {100 * row.chars.rate:6.2f} %", flush=True)
+
+    print(f"{len(emissions.ids)} utterances; grid {len(args.lm_weights)} LM weights x {len(args.word_scores)} word scores")
+    try:
+        result = tune_lm(emissions, recognizer, base, args.lm_weights, args.word_scores, args.workers, progress=show)
+    except LanguageModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    g, best = result.greedy, min(result.rows, key=lambda r: (r.words.rate, r.chars.rate))
+    print(f"greedy: WER {100 * g.words.rate:.2f} %, CER {100 * g.chars.rate:.2f} %")
+    print(f"best:   WER {100 * best.words.rate:.2f} %, CER {100 * best.chars.rate:.2f} % at lm_weight {best.lm_weight:g}, "
+          f"word_score {best.word_score:g} (beam {args.beam})")
+    out = Path(args.out) if args.out else tuned_settings_path(args.checkpoint)
+    save_decoding_settings(out, result.best)
+    print(f"stored in {out}: `asr transcribe`/`asr evaluate` with this checkpoint now use it (--greedy to not)")
+    return EXIT_OK
+
+
+def float_list(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--dev-speakers", type=int, default=1, help="number of speakers to hold out (default 1)")
     prepare.add_argument("--dev-speaker-ids", help="comma-separated speaker ids to hold out instead")
     prepare.add_argument("--seed", type=int, default=0, help="seed for choosing held-out speakers")
+    prepare.add_argument("--speed-perturb", action="store_true",
+                         help="write 0.9/1.0/1.1 speed copies of the training utterances (not of --dev-out)")
     prepare.set_defaults(func=cmd_prepare)
 
     librispeech = commands.add_parser(
@@ -167,8 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe = commands.add_parser("transcribe", help="transcribe audio files")
     transcribe.add_argument("checkpoint", help="checkpoint written by 'asr train'")
     transcribe.add_argument("files", nargs="+", help="audio files (anything libsndfile reads)")
-    transcribe.add_argument("--format", choices=["text", "json"], default="text")
+    transcribe.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text",
+                            help="json, srt and vtt carry word start/end times (json also word confidences)")
+    transcribe.add_argument("--output-dir", help="write one file per input (NAME.txt/.json/.srt/.vtt) here")
     transcribe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_decoding_arguments(transcribe)
     transcribe.set_defaults(func=cmd_transcribe)
 
     evaluate = commands.add_parser("evaluate", help="WER/CER of a checkpoint on a manifest")
@@ -178,7 +311,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--utterances", help="also write per-utterance scores here (JSONL)")
     evaluate.add_argument("--worst", type=int, default=10, help="worst utterances to list (default 10)")
     evaluate.add_argument("--device", default="cpu")
+    add_decoding_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    lm = commands.add_parser("lm", help="language model tools").add_subparsers(dest="lm_command", required=True)
+    lm_build = lm.add_parser("build", help="estimate an n-gram LM with KenLM's lmplz (scripts/build_kenlm.sh)")
+    lm_build.add_argument("text", nargs="+", help="text files (one sentence per line) or JSONL manifests")
+    lm_build.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    lm_build.add_argument("--prune", type=int, nargs="*", help="lmplz --prune thresholds per order, e.g. 0 1 1")
+    lm_build.add_argument("out", help="output model: .arpa, or .bin for a KenLM binary (needs --lexicon to decode)")
+    lm_build.set_defaults(func=cmd_lm_build)
+
+    tune = commands.add_parser("tune-lm", help="search LM weight and word score on a dev set; store the best")
+    tune.add_argument("checkpoint")
+    tune.add_argument("manifest", help="dev manifest (JSONL) with reference transcripts")
+    tune.add_argument("--lm", required=True, help="KenLM word LM")
+    tune.add_argument("--lexicon", help="lexicon or word list (default: the ARPA's words)")
+    tune.add_argument("--lm-weights", type=float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
+                      help="comma-separated grid (default 0,0.25,0.5,0.75,1,1.5,2)")
+    tune.add_argument("--word-scores", type=float_list, default=[-1.0, 0.0, 1.0, 2.0, 3.0],
+                      help="comma-separated grid (default -1,0,1,2,3)")
+    tune.add_argument("--beam", type=int, default=50, help="beam size (default 50)")
+    tune.add_argument("--beam-threshold", type=float, default=25.0)
+    tune.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: cores)")
+    tune.add_argument("--emissions-cache", help="keep the acoustic model's outputs here between runs")
+    tune.add_argument("--out", help="settings file (default: CHECKPOINT.decoding.yaml, read by transcribe/evaluate)")
+    tune.add_argument("--device", default="cpu")
+    tune.set_defaults(func=cmd_tune_lm)
     return parser
 
 

@@ -1,13 +1,36 @@
-"""CTC decoding. A decoder is a callable ``(log_probs (B, T, V), lengths (B,)) -> list[Hypothesis]``."""
+"""CTC decoding. A decoder is a callable ``(log_probs (B, T, V), lengths (B,)) -> list[Hypothesis]``.
+
+:class:`GreedyDecoder` takes the best label per step. :class:`BeamSearchDecoder` runs
+flashlight-text's beam search: lexicon-constrained with a KenLM word LM, lexicon-constrained
+without an LM, or lexicon-free over characters. Both report word spans (start and end output
+step, confidence) read from the CTC frame path.
+"""
 
 from __future__ import annotations
 
+import copy
+import math
+import multiprocessing
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Literal, Protocol
 
+import numpy as np
 import torch
+import yaml
 
+from asr.lm import Lexicon
 from asr.text import CharVocabulary
+
+
+@dataclass(frozen=True)
+class WordSpan:
+    word: str
+    start: int  # first output step of the word's first character
+    end: int  # one past the last output step of its last character
+    confidence: float  # mean posterior of the path's label over the word's non-blank steps, in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -15,30 +38,366 @@ class Hypothesis:
     text: str  # decoded transcript
     token_ids: list[int]  # label ids after collapsing repeats and removing blanks
     frames: list[int]  # output step at which each token in token_ids starts
-    score: float  # log-probability of the decoded path (greedy: the best path's score)
+    score: float  # greedy: log-probability of the best path; beam: the search's total score
+    words: tuple[WordSpan, ...] = ()  # one per word of ``text``, in order
+    lm_score: float = 0.0  # beam search with an LM: the LM part of ``score`` (log10, unweighted)
 
 
 class Decoder(Protocol):
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]: ...
 
 
+# --------------------------------------------------------------------------- paths -> words
+
+
+def hypothesis_from_path(
+    path: Sequence[int],
+    log_probs: np.ndarray,
+    vocabulary: CharVocabulary,
+    score: float,
+    word_ends: Sequence[tuple[int, str | None]] | None = None,
+    lm_score: float = 0.0,
+) -> Hypothesis:
+    """Build a hypothesis from a CTC frame path (one label per output step).
+
+    ``log_probs`` is the utterance's (T, V) matrix, for word confidences. Words are split at
+    the space label, or, for lexicon decoding, at ``word_ends`` = (step, word) pairs, since
+    lexicon words may follow each other without a space step (word None: spell it out).
+    """
+    blank, space = vocabulary.blank_id, vocabulary.tokens.index(" ")
+    token_ids: list[int] = []
+    frames: list[int] = []
+    segments: list[tuple[int, int, int]] = []  # (label, first step, one past last step)
+    previous = blank
+    for step, label in enumerate(path):
+        if label != previous and label != blank:
+            token_ids.append(label)
+            frames.append(step)
+            segments.append((label, step, step + 1))
+        elif label == previous and label != blank:
+            label_, first, _ = segments[-1]
+            segments[-1] = (label_, first, step + 1)
+        previous = label
+
+    # Group character segments into words.
+    groups: list[tuple[str | None, list[tuple[int, int, int]]]] = []
+    if word_ends is None:
+        current: list[tuple[int, int, int]] = []
+        for segment in segments + [(space, len(path), len(path))]:
+            if segment[0] == space:
+                if current:
+                    groups.append((None, current))
+                current = []
+            else:
+                current.append(segment)
+    else:
+        ends = iter(sorted(word_ends, key=lambda end: end[0]))
+        end_step, end_word = next(ends, (math.inf, None))
+        current = []
+        for segment in segments:
+            if segment[0] != space:
+                current.append(segment)
+            if segment[2] > end_step:  # this segment reaches the step where the word ended
+                if current:
+                    groups.append((end_word, current))
+                current = []
+                end_step, end_word = next(ends, (math.inf, None))
+        if current:  # characters after the last completed word (should not happen): keep them
+            groups.append((None, current))
+
+    words = []
+    for word, group in groups:
+        if word is None:
+            word = vocabulary.decode(label for label, _, _ in group)
+        start, end = group[0][1], group[-1][2]
+        steps = [step for label, first, last in group for step in range(first, last)]
+        labels = [label for label, first, last in group for _ in range(first, last)]
+        confidence = float(np.exp(log_probs[steps, labels]).mean()) if steps else 0.0
+        words.append(WordSpan(word, start, end, confidence))
+    text = " ".join(w.word for w in words)
+    return Hypothesis(text, token_ids, frames, score, tuple(words), lm_score)
+
+
 class GreedyDecoder:
-    """Best path decoding: argmax per step, merge repeats, drop blanks. Batched on device."""
+    """Best path decoding: argmax per step, merge repeats, drop blanks."""
 
     def __init__(self, vocabulary: CharVocabulary) -> None:
         self.vocabulary = vocabulary
 
     @torch.no_grad()
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
-        best_scores, best_ids = log_probs.max(dim=-1)  # (B, T), (B, T)
+        best_scores, best_ids = log_probs.float().max(dim=-1)  # (B, T), (B, T)
         steps = torch.arange(log_probs.shape[1], device=log_probs.device)[None, :]  # (1, T)
         valid = steps < lengths.to(log_probs.device)[:, None]  # (B, T)
-        previous = torch.nn.functional.pad(best_ids[:, :-1], (1, 0), value=-1)  # (B, T) id one step earlier
-        emit = valid & (best_ids != previous) & (best_ids != self.vocabulary.blank_id)  # (B, T)
         path_scores = (best_scores * valid).sum(dim=1)  # (B,)
+        matrices = log_probs.float().cpu().numpy()
         hypotheses = []
-        for row_ids, row_emit, score in zip(best_ids.cpu(), emit.cpu(), path_scores.cpu().tolist()):
-            frames = row_emit.nonzero().squeeze(1).tolist()
-            ids = row_ids[row_emit].tolist()
-            hypotheses.append(Hypothesis(self.vocabulary.decode(ids), ids, frames, score))
+        for row, ids, length, score in zip(matrices, best_ids.cpu().tolist(), lengths.tolist(), path_scores.tolist()):
+            hypotheses.append(hypothesis_from_path(ids[:length], row[:length], self.vocabulary, score))
         return hypotheses
+
+
+# --------------------------------------------------------------------------- beam search
+
+
+@dataclass(frozen=True)
+class BeamSearchOptions:
+    beam_size: int = 50  # hypotheses kept after each step
+    beam_size_token: int = 0  # labels tried per step, best first; 0 = the whole vocabulary
+    beam_threshold: float = 25.0  # drop hypotheses scoring this much below the step's best
+    lm_weight: float = 1.0  # weight of the word LM's log10 probability (0 = lexicon only)
+    word_score: float = 0.0  # added per word: > 0 favours more (shorter) words, < 0 fewer
+    unk_score: float = -math.inf  # score of a word spelled outside the lexicon; -inf forbids them
+    sil_score: float = 0.0  # added per space step between words
+    log_add: bool = False  # merge equal hypotheses by log-sum-exp instead of max
+    nbest: int = 1  # hypotheses per utterance from decode_nbest
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """How to decode: stored by ``asr tune-lm`` beside a checkpoint, read by transcribe/evaluate."""
+
+    method: Literal["greedy", "beam"] = "greedy"  # best path, or flashlight beam search
+    lm: str | None = None  # KenLM word LM (ARPA or binary); None = no LM
+    lexicon: str | None = None  # lexicon or word list; None = the ARPA's words (or lexicon-free)
+    beam: BeamSearchOptions = BeamSearchOptions()  # beam search options
+
+    def describe(self) -> str:
+        if self.method == "greedy":
+            return "greedy"
+        b = self.beam
+        parts = [f"beam {b.beam_size}"]
+        if self.lm:
+            parts.append(f"LM {self.lm} (weight {b.lm_weight:g}, word score {b.word_score:g})")
+        if self.lexicon:
+            parts.append(f"lexicon {self.lexicon}")
+        elif not self.lm:
+            parts.append("lexicon-free")
+        return ", ".join(parts)
+
+
+def save_decoding_settings(path: str | Path, settings: DecodingSettings) -> None:
+    from asr.config import to_dict
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def load_decoding_settings(path: str | Path) -> DecodingSettings:
+    from asr.config import ConfigError, from_dict
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read decoding settings ({err})") from err
+    return from_dict(DecodingSettings, data or {}, where=str(path))
+
+
+def build_decoder(vocabulary: CharVocabulary, settings: DecodingSettings) -> Decoder:
+    """The decoder ``settings`` describe; raises LanguageModelError for unusable LM/lexicon files."""
+    if settings.method == "greedy":
+        return GreedyDecoder(vocabulary)
+    from asr.lm import read_lexicon
+
+    lexicon = read_lexicon(settings.lexicon, vocabulary) if settings.lexicon else None
+    return BeamSearchDecoder(vocabulary, settings.beam, lm=settings.lm, lexicon=lexicon)
+
+
+class BeamSearchDecoder:
+    """flashlight-text CTC beam search, with the same call signature as :class:`GreedyDecoder`.
+
+    - ``lm`` (ARPA or KenLM binary) and a lexicon: words from the lexicon only, scored by the LM;
+      without a lexicon the ARPA file's own vocabulary is the lexicon (spelling = characters).
+    - a lexicon and no LM: words from the lexicon, no LM score (``lm_weight`` is ignored).
+    - neither: lexicon-free beam search over characters.
+
+    The flashlight objects are built on first use and not pickled, so a decoder can be sent
+    to worker processes (:func:`decode_in_parallel`).
+    """
+
+    def __init__(
+        self,
+        vocabulary: CharVocabulary,
+        options: BeamSearchOptions = BeamSearchOptions(),
+        lm: str | Path | None = None,
+        lexicon: Lexicon | None = None,
+    ) -> None:
+        from asr.lm import LanguageModelError, arpa_vocabulary, lexicon_from_words
+
+        self.vocabulary = vocabulary
+        self.options = options
+        self.lm = str(lm) if lm is not None else None
+        if self.lm is not None and not Path(self.lm).is_file():
+            raise LanguageModelError(f"{self.lm}: language model file not found")
+        if self.lm is not None and lexicon is None:
+            lexicon = lexicon_from_words(arpa_vocabulary(self.lm), vocabulary)
+        self.lexicon = lexicon
+        self._engine = None  # (flashlight decoder, word list) once built
+        self._shared = None  # (LM, trie, word list), built once, shared with with_options() copies
+        if self.lm is not None:
+            self._build()  # fail now, with the file's name, rather than at the first utterance
+
+    @property
+    def uses_lm(self) -> bool:
+        return self.lm is not None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_engine": None, "_shared": None}
+
+    def with_options(self, options: BeamSearchOptions) -> BeamSearchDecoder:
+        """The same LM and lexicon (loaded once, shared) with other search options."""
+        other = copy.copy(self)
+        other.options, other._engine = options, None
+        return other
+
+    def _resources(self):
+        """(LM, trie, word list) for lexicon decoding: the slow part, shared by with_options()."""
+        if self._shared is not None:
+            return self._shared
+        from flashlight.lib.text.decoder import SmearingMode, Trie, ZeroLM
+        from flashlight.lib.text.dictionary import Dictionary
+
+        from asr.lm import LanguageModelError
+
+        assert self.lexicon is not None
+        words = ["<unk>", *(w for w in self.lexicon.spellings if w != "<unk>")]
+        word_dict = Dictionary(words)
+        if self.lm is not None:
+            from flashlight.lib.text.decoder.kenlm import KenLM
+
+            try:
+                lm = KenLM(self.lm, word_dict)
+            except RuntimeError as err:
+                raise LanguageModelError(f"{self.lm}: KenLM cannot read this language model ({_first_line(err)})") from err
+        else:
+            lm = ZeroLM()
+        trie = Trie(len(self.vocabulary), self.vocabulary.tokens.index(" "))
+        start = lm.start(False)
+        for index, word in enumerate(words[1:], start=1):
+            _, unigram = lm.score(start, index)  # the word's LM score, smeared over its prefixes
+            for spelling in self.lexicon.spellings[word]:
+                trie.insert(list(spelling), index, unigram)
+        trie.smear(SmearingMode.MAX)
+        self._shared = (lm, trie, words)
+        return self._shared
+
+    def _build(self):
+        if self._engine is not None:
+            return self._engine
+        from flashlight.lib.text.decoder import (
+            CriterionType,
+            LexiconDecoder,
+            LexiconDecoderOptions,
+            LexiconFreeDecoder,
+            LexiconFreeDecoderOptions,
+            ZeroLM,
+        )
+
+        o = self.options
+        space = self.vocabulary.tokens.index(" ")
+        beam_size_token = o.beam_size_token or len(self.vocabulary)
+        if self.lexicon is None:
+            options = LexiconFreeDecoderOptions(o.beam_size, beam_size_token, o.beam_threshold, 0.0, o.sil_score,
+                                                o.log_add, CriterionType.CTC)
+            decoder = LexiconFreeDecoder(options, ZeroLM(), space, self.vocabulary.blank_id, [])
+            self._engine = (decoder, None)
+            return self._engine
+        lm, trie, words = self._resources()
+        lm_weight = o.lm_weight if self.lm is not None else 0.0
+        options = LexiconDecoderOptions(o.beam_size, beam_size_token, o.beam_threshold, lm_weight, o.word_score,
+                                        o.unk_score, o.sil_score, o.log_add, CriterionType.CTC)
+        decoder = LexiconDecoder(options, trie, lm, space, self.vocabulary.blank_id, 0, [], False)
+        self._engine = (decoder, words)
+        return self._engine
+
+    def decode_matrix(self, log_probs: np.ndarray) -> list[Hypothesis]:
+        """n-best hypotheses (best first) for one utterance's (T, V) log-probabilities."""
+        steps, labels = log_probs.shape
+        if steps == 0:
+            return [Hypothesis("", [], [], 0.0)]
+        emissions = np.ascontiguousarray(log_probs, dtype=np.float32)
+        decoder, words = self._build()
+        results = decoder.decode(emissions.ctypes.data, steps, labels)
+        hypotheses = []
+        for result in results[: self.options.nbest]:
+            path = list(result.tokens)[1:-1]  # flashlight pads the path with a space step at each end
+            word_ends = None
+            if words is not None:
+                # Index 0 is <unk>: a word spelled outside the lexicon (unk_score > -inf).
+                word_ends = [(step - 1, words[w] if w > 0 else None) for step, w in enumerate(result.words) if w >= 0]
+            hypotheses.append(hypothesis_from_path(path, emissions, self.vocabulary, result.score, word_ends,
+                                                   result.lmScore if self.uses_lm else 0.0))
+        return hypotheses or [Hypothesis("", [], [], -math.inf)]
+
+    def decode_nbest(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        matrices = log_probs.detach().float().cpu().numpy()
+        return [self.decode_matrix(m[:length]) for m, length in zip(matrices, lengths.tolist())]
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+        return [nbest[0] for nbest in self.decode_nbest(log_probs, lengths)]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------- parallel decoding
+
+_worker_decoder: BeamSearchDecoder | None = None
+
+
+def _init_worker(decoder: BeamSearchDecoder) -> None:
+    global _worker_decoder
+    _worker_decoder = decoder
+
+
+def _decode_in_worker(log_probs: np.ndarray) -> list[Hypothesis]:
+    assert _worker_decoder is not None
+    return _worker_decoder.decode_matrix(log_probs)
+
+
+class ParallelDecoder:
+    """Beam search over many utterances in worker processes, one utterance per core.
+
+    The acoustic model used every core for the emissions before, so the two phases do not
+    compete. Workers are forked: they run only NumPy and flashlight code (no torch ops, whose
+    OpenMP pool is not fork-safe), and each builds its own decoder, loading the LM once.
+    Use as a context manager; with ``workers <= 1`` everything runs in this process.
+    """
+
+    def __init__(self, decoder: BeamSearchDecoder, workers: int) -> None:
+        self.decoder = decoder
+        self.workers = workers
+        self._pool = None
+
+    def __enter__(self) -> ParallelDecoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def decode(self, matrices: Sequence[np.ndarray]) -> list[list[Hypothesis]]:
+        """n-best lists for (T, V) log-probability matrices, in input order."""
+        if self.workers <= 1 or len(matrices) <= 1:
+            return [self.decoder.decode_matrix(m) for m in matrices]
+        if self._pool is None:
+            context = multiprocessing.get_context("fork")
+            self._pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.decoder,))
+        # Longest first, so that no worker starts a long utterance when the others are done.
+        order = sorted(range(len(matrices)), key=lambda i: -len(matrices[i]))
+        decoded = self._pool.map(_decode_in_worker, [matrices[i] for i in order], chunksize=2)
+        results: list[list[Hypothesis]] = [[] for _ in matrices]
+        for index, hypotheses in zip(order, decoded):
+            results[index] = hypotheses
+        return results
+
+
+def decode_in_parallel(decoder: BeamSearchDecoder, matrices: Sequence[np.ndarray], workers: int) -> list[list[Hypothesis]]:
+    """One-shot :class:`ParallelDecoder`."""
+    with ParallelDecoder(decoder, workers) as parallel:
+        return parallel.decode(matrices)

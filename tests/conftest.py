@@ -92,6 +92,16 @@ def trained_checkpoint(tone_corpus: dict[str, Path], tmp_path_factory: pytest.Te
     return out_dir / "best.pt"
 
 
+def write_arpa(path: Path, unigrams: dict[str, float], bigrams: dict[str, float]) -> str:
+    """A tiny ARPA bigram model (KenLM needs order >= 2). Values are log10 probabilities."""
+    lines = ["\\data\\", f"ngram 1={len(unigrams) + 3}", f"ngram 2={len(bigrams)}", "", "\\1-grams:",
+             "-2.0\t<unk>\t0", "-99\t<s>\t-0.3", "-1.0\t</s>\t0"]
+    lines += [f"{p}\t{w}\t-0.2" for w, p in unigrams.items()]
+    lines += ["", "\\2-grams:"] + [f"{p}\t{pair}" for pair, p in bigrams.items()] + ["", "\\end\\", ""]
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _single_thread() -> None:
     torch.set_num_threads(1)

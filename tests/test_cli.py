@@ -99,3 +99,93 @@ def test_prepare_and_train_from_the_command_line(tone_corpus, tmp_path, capsys):
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "asr", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("asr ")
+
+
+# --------------------------------------------------------------------------- beam search, LM, timestamps
+
+
+def tone_lm(tmp_path):
+    from conftest import OVERFIT_TEXTS, write_arpa
+
+    words = sorted({w for text in OVERFIT_TEXTS for w in text.split()})
+    return write_arpa(tmp_path / "tone.arpa", {w: -1.1 for w in words}, {"<s> bad": -0.5, "bad cab": -0.3})
+
+
+def test_missing_lm_falls_back_to_greedy_with_a_message(trained_checkpoint, tone_corpus, tmp_path, capsys):
+    good = sorted(tone_corpus["root"].glob("valid/*.flac"))[:2]
+    assert main(["transcribe", str(trained_checkpoint), *map(str, good)]) == 0
+    greedy = capsys.readouterr().out
+    for broken in (tmp_path / "absent.arpa", tmp_path / "junk.arpa"):
+        if broken.name == "junk.arpa":
+            broken.write_text("not an ARPA file")
+        code = main(["transcribe", str(trained_checkpoint), *map(str, good), "--lm", str(broken), "--workers", "1"])
+        captured = capsys.readouterr()
+        assert code == 0 and captured.out == greedy
+        assert f"warning: {broken}" in captured.err and "falling back to greedy decoding" in captured.err
+
+
+def test_beam_search_with_lm_from_the_cli(trained_checkpoint, tone_corpus, tmp_path, capsys):
+    lm = tone_lm(tmp_path)
+    code = main(["evaluate", str(trained_checkpoint), str(tone_corpus["valid"]), "--lm", lm, "--beam", "8",
+                 "--workers", "2"])
+    captured = capsys.readouterr()
+    assert code == 0 and "WER" in captured.out
+    assert f"decoding: beam 8, LM {lm}" in captured.err
+    # Lexicon decoding emits only lexicon words.
+    hyps = [line.split("HYP:")[1].split() for line in captured.out.splitlines() if "HYP:" in line]
+    words = set(open(lm).read().split())
+    assert all(w in words for hyp in hyps for w in hyp)
+
+
+def test_tune_lm_stores_settings_that_transcribe_then_uses(trained_checkpoint, tone_corpus, tmp_path, capsys):
+    import shutil
+
+    checkpoint = tmp_path / "model.pt"
+    shutil.copy(trained_checkpoint, checkpoint)
+    lm = tone_lm(tmp_path)
+    cache = tmp_path / "emissions.pt"
+    args = ["tune-lm", str(checkpoint), str(tone_corpus["valid"]), "--lm", lm, "--lm-weights", "0,1",
+            "--word-scores", "0,1", "--beam", "8", "--workers", "1", "--emissions-cache", str(cache)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith("  lm_weight") for line in out.splitlines()) == 4 and "greedy: WER" in out and "best:   WER" in out
+    settings_file = tmp_path / "model.pt.decoding.yaml"
+    assert settings_file.is_file() and cache.is_file()
+    assert main(args) == 0  # second run reads the cached emissions
+    assert f"emissions from {cache}" in capsys.readouterr().err
+
+    good = sorted(tone_corpus["root"].glob("valid/*.flac"))[:1]
+    assert main(["transcribe", str(checkpoint), str(good[0]), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"using tuned decoding settings from {settings_file}" in err and "decoding: beam 8, LM" in err
+    assert main(["transcribe", str(checkpoint), str(good[0]), "--greedy"]) == 0
+    assert "decoding: greedy" in capsys.readouterr().err
+
+
+def test_json_srt_and_vtt_carry_word_times(trained_checkpoint, tone_corpus, tmp_path, capsys):
+    good = sorted(tone_corpus["root"].glob("valid/*.flac"))[:2]
+    assert main(["transcribe", str(trained_checkpoint), str(good[0]), "--format", "json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert " ".join(w["word"] for w in record["words"]) == record["text"]
+    for word in record["words"]:
+        assert 0 <= word["start"] < word["end"] <= record["duration"] + 0.05 and 0 <= word["confidence"] <= 1
+
+    assert main(["transcribe", str(trained_checkpoint), *map(str, good), "--format", "srt"]) == 2  # needs --output-dir
+    capsys.readouterr()
+    assert main(["transcribe", str(trained_checkpoint), *map(str, good), "--format", "vtt",
+                 "--output-dir", str(tmp_path / "subs")]) == 0
+    for path in good:
+        vtt = (tmp_path / "subs" / (path.stem + ".vtt")).read_text()
+        assert vtt.startswith("WEBVTT\n")
+
+
+def test_subtitle_cues_split_at_pauses_and_format_times():
+    from asr.transcribe import TimedWord, format_srt, format_vtt, subtitle_cues
+
+    words = [TimedWord("a", 0.5, 0.9, 1.0), TimedWord("cab", 1.0, 1.5, 1.0), TimedWord("dab", 3661.25, 3661.5, 1.0)]
+    cues = subtitle_cues(words, pause=0.8)
+    assert [(c.start, c.end, c.text) for c in cues] == [(0.5, 1.5, "a cab"), (3661.25, 3661.5, "dab")]
+    assert format_srt(cues) == "1\n00:00:00,500 --> 00:00:01,500\na cab\n\n2\n01:01:01,250 --> 01:01:01,500\ndab\n"
+    assert format_vtt(cues).startswith("WEBVTT\n\n00:00:00.500 --> 00:00:01.500\na cab\n")
+    many = [TimedWord(str(i), i * 0.3, i * 0.3 + 0.2, 1.0) for i in range(30)]
+    assert all(len(c.text.split()) <= 14 and c.end - c.start <= 6.0 for c in subtitle_cues(many))

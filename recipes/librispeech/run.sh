@@ -4,13 +4,15 @@
 #   bash recipes/librispeech/run.sh cpu-small --data-dir ../shared/data/librispeech_finetuning
 #   ... -- section.key=value ...    (config overrides passed on to training, e.g. model.cell=gru)
 # CONFIG is a name in recipes/librispeech/conf (mini, libri-light-10h, 100h, 460h, 960h, cpu-small).
-# Stages: 1 download + manifests, 2 train (normalisation stats first; resumes), 3 average the
-# last 5 epochs, 4 evaluate on dev/test clean/other, 5 write $exp/RESULTS.md.
+# Stages: 1 download + manifests (+ the official LMs), 2 train (normalisation stats first;
+# resumes), 3 average the last 5 epochs, 4 evaluate on dev/test clean/other, greedy and (with an
+# LM) beam search + LM tuned on the first eval set, 5 write $exp/RESULTS.md.
 # --data-dir DIR uses any LibriSpeech-layout folder instead: split by speaker into train/dev.
+# --lm FILE decodes with that word LM (default with LibriSpeech: the official pruned 3-gram).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 name=${1:?usage: run.sh CONFIG [options]}; shift
-stage=1; stop_stage=5; gpus=1; data=data/librispeech; mirror=""; data_dir=""; user_overrides=()
+stage=1; stop_stage=5; gpus=1; data=data/librispeech; mirror=""; data_dir=""; lm=""; user_overrides=()
 while [ $# -gt 0 ]; do
   case $1 in
     --) shift; user_overrides=("$@"); break ;;
@@ -20,6 +22,7 @@ while [ $# -gt 0 ]; do
     --data) data=$2; shift 2 ;;
     --mirror) mirror="--mirror $2"; shift 2 ;;
     --data-dir) data_dir=$2; shift 2 ;;
+    --lm) lm=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -51,7 +54,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   if [ -n "$data_dir" ]; then
     asr prepare "$data_dir" $data/manifests/train.jsonl --dev-out $data/manifests/dev.jsonl --dev-speakers 2
   else
-    asr prepare librispeech --subsets $train_sets $eval_sets --dest $data --speed-perturb $mirror
+    asr prepare librispeech --subsets $train_sets $eval_sets --dest $data --speed-perturb --lm $mirror
   fi
 fi
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
@@ -72,13 +75,25 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   fi
 fi
 [ -f $exp/avg.pt ] && model=$exp/avg.pt
+[ -z "$lm" ] && [ -z "$data_dir" ] && lm=$data/lm/3-gram.pruned.1e-7.arpa.gz
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   echo "== stage 4: evaluate $model"
   for set in $eval_sets; do
-    asr evaluate $model $data/manifests/$set.jsonl --report $exp/eval/$set.txt --utterances $exp/eval/$set.jsonl \
-      --worst 5 > /dev/null
-    echo "$set: $(sed -n 2,3p $exp/eval/$set.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
+    asr evaluate $model $data/manifests/$set.jsonl --greedy --report $exp/eval/$set.txt \
+      --utterances $exp/eval/$set.jsonl --worst 5 > /dev/null
+    echo "$set greedy: $(sed -n 2,3p $exp/eval/$set.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
   done
+  if [ -n "$lm" ] && [ -f "$lm" ]; then
+    tune_set=$(echo $eval_sets | cut -d' ' -f1)
+    asr tune-lm $model $data/manifests/$tune_set.jsonl --lm "$lm" --emissions-cache $exp/eval/$tune_set.emissions.pt
+    for set in $eval_sets; do
+      asr evaluate $model $data/manifests/$set.jsonl --report $exp/eval/$set-lm.txt \
+        --utterances $exp/eval/$set-lm.jsonl --worst 5 > /dev/null
+      echo "$set beam+LM: $(sed -n 2,3p $exp/eval/$set-lm.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
+    done
+  else
+    echo "no LM ($lm): greedy only"
+  fi
 fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   echo "== stage 5: $exp/RESULTS.md"
@@ -87,17 +102,20 @@ import json, sys, datetime
 from pathlib import Path
 exp, model, conf, sets = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 lines = [f"# {conf} ({datetime.date.today()})", "", f"model: `{model}`", "",
-         "| set | WER % | CER % |", "|---|---|---|"]
+         "| set | decoding | WER % | CER % |", "|---|---|---|---|"]
 for name in sets:
-    rows = [json.loads(l) for l in open(exp / "eval" / f"{name}.jsonl")]
-    w = sum(r["word"]["errors"] for r in rows) / max(1, sum(r["word"]["length"] for r in rows))
-    c = sum(r["char"]["errors"] for r in rows) / max(1, sum(r["char"]["length"] for r in rows))
-    lines.append(f"| {name} | {100 * w:.2f} | {100 * c:.2f} |")
+    for suffix, decoding in (("", "greedy"), ("-lm", "beam + LM")):
+        if not (exp / "eval" / f"{name}{suffix}.jsonl").exists():
+            continue
+        rows = [json.loads(l) for l in open(exp / "eval" / f"{name}{suffix}.jsonl")]
+        w = sum(r["word"]["errors"] for r in rows) / max(1, sum(r["word"]["length"] for r in rows))
+        c = sum(r["char"]["errors"] for r in rows) / max(1, sum(r["char"]["length"] for r in rows))
+        lines.append(f"| {name} | {decoding} | {100 * w:.2f} | {100 * c:.2f} |")
 history = [json.loads(l) for l in open(exp / "metrics.jsonl")]
 lines += ["", "| epoch | train min | train loss | valid WER % | valid CER % |", "|---|---|---|---|---|"]
 lines += [f"| {m['epoch']} | {m['train_minutes']:.1f} | {m['train_loss']:.3f} | {100 * m['valid_wer']:.2f} | "
           f"{100 * m['valid_cer']:.2f} |" for m in history if "valid_wer" in m]
 (exp / "RESULTS.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines[:6 + len(sets)]))
+print("\n".join(line for line in lines if line.startswith("| ") and "epoch" not in line)[:2000])
 PY
 fi

@@ -1,0 +1,236 @@
+"""Word language models and lexicons for beam search.
+
+The LM itself is KenLM: ``lmplz`` estimates an ARPA n-gram model from normalised text and
+flashlight-text's KenLM reads it during decoding. This module prepares the text (with the
+acoustic model's normalisation, so LM words and decoded words are spelled alike), runs the
+KenLM tools, and builds the lexicon that maps each word to its character spelling.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asr.text import CharVocabulary, normalize_text
+
+# Where scripts/build_kenlm.sh installs lmplz and build_binary.
+KENLM_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "asr" / "kenlm" / "bin"
+ARPA_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
+
+
+class LanguageModelError(ValueError):
+    """A language model, lexicon or KenLM tool that cannot be used; names the file and why."""
+
+
+# --------------------------------------------------------------------------- lexicon
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """Words and their spellings as label ids (one or more per word), in insertion order."""
+
+    spellings: dict[str, tuple[tuple[int, ...], ...]]
+    skipped: tuple[str, ...] = field(default=())  # words dropped: characters outside the vocabulary
+
+    def __len__(self) -> int:
+        return len(self.spellings)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.spellings
+
+
+def lexicon_from_words(words: Iterable[str], vocabulary: CharVocabulary) -> Lexicon:
+    """Spell each word with its characters after the acoustic model's text normalisation.
+
+    Words that normalise to nothing, to several words, or hold characters the acoustic model
+    cannot emit are skipped (and listed in ``Lexicon.skipped``).
+    """
+    spellings: dict[str, list[tuple[int, ...]]] = {}
+    skipped: list[str] = []
+    for raw in words:
+        word = normalize_text(raw)
+        if not word or " " in word or vocabulary.unknown_characters(word):
+            if raw.strip():
+                skipped.append(raw)
+            continue
+        spellings.setdefault(word, [tuple(vocabulary.encode(word))])
+    return Lexicon({w: tuple(s) for w, s in spellings.items()}, tuple(skipped))
+
+
+def read_lexicon(path: str | Path, vocabulary: CharVocabulary) -> Lexicon:
+    """Read a lexicon file: ``WORD [SPELLING...]`` per line, or a plain word list.
+
+    A line whose remaining fields are all characters of the vocabulary gives that spelling
+    (``hello h e l l o``); otherwise (a bare word, or a pronunciation lexicon such as
+    LibriSpeech's ``HELLO HH AH0 L OW1``) the word is spelled with its own characters, which is
+    what a character CTC model emits.
+    """
+    path = Path(path)
+    try:
+        lines = _read_text_lines(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise LanguageModelError(f"{path}: cannot read lexicon ({err})") from err
+    spellings: dict[str, list[tuple[int, ...]]] = {}
+    skipped: list[str] = []
+    for line in lines:
+        fields = line.split()
+        if not fields:
+            continue
+        word = normalize_text(fields[0])
+        if not word or " " in word or vocabulary.unknown_characters(word):
+            skipped.append(fields[0])
+            continue
+        letters = [normalize_text(f) for f in fields[1:]]
+        if letters and all(len(c) == 1 and not vocabulary.unknown_characters(c) for c in letters):
+            spelling = tuple(vocabulary.encode("".join(letters)))
+        else:
+            spelling = tuple(vocabulary.encode(word))
+        known = spellings.setdefault(word, [])
+        if spelling not in known:
+            known.append(spelling)
+    if not spellings:
+        raise LanguageModelError(f"{path}: no usable words in lexicon")
+    return Lexicon({w: tuple(s) for w, s in spellings.items()}, tuple(skipped))
+
+
+def arpa_vocabulary(path: str | Path) -> list[str]:
+    """The words of an ARPA model (its unigrams), without <s>, </s> and <unk>."""
+    path = Path(path)
+    words: list[str] = []
+    try:
+        in_unigrams = False
+        for line in _read_text_lines(path):
+            line = line.strip()
+            if line.startswith("\\"):
+                if in_unigrams:
+                    break
+                in_unigrams = line == "\\1-grams:"
+                continue
+            if in_unigrams and line:
+                fields = line.split("\t") if "\t" in line else line.split()
+                if len(fields) >= 2 and fields[1] not in ARPA_SPECIAL_WORDS:
+                    words.append(fields[1])
+    except (OSError, UnicodeDecodeError) as err:
+        raise LanguageModelError(f"{path}: cannot read ARPA language model ({err})") from err
+    if not words:
+        raise LanguageModelError(f"{path}: not an ARPA file (no \\1-grams: section); a KenLM binary "
+                                 "model needs --lexicon, as its word list cannot be read back")
+    return words
+
+
+def _read_text_lines(path: Path) -> Iterator[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as stream:
+        yield from stream
+
+
+# --------------------------------------------------------------------------- building an LM
+
+
+def find_kenlm_tool(name: str) -> Path:
+    """``lmplz`` or ``build_binary`` from $ASR_KENLM_BIN, PATH or the build script's cache."""
+    candidates = []
+    if os.environ.get("ASR_KENLM_BIN"):
+        candidates.append(Path(os.environ["ASR_KENLM_BIN"]) / name)
+    on_path = shutil.which(name)
+    if on_path:
+        candidates.append(Path(on_path))
+    candidates.append(KENLM_CACHE / name)
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise LanguageModelError(f"KenLM's {name} not found (looked in $ASR_KENLM_BIN, PATH and {KENLM_CACHE}); "
+                             "build it once with: bash scripts/build_kenlm.sh")
+
+
+def corpus_sentences(sources: Sequence[str | Path], vocabulary: CharVocabulary) -> Iterator[str]:
+    """Normalised sentences from text files (one sentence per line) or JSONL manifests.
+
+    Words the acoustic model cannot spell are dropped from their sentence, so the LM holds no
+    word the decoder could never produce.
+    """
+    for source in sources:
+        path = Path(source)
+        try:
+            for line in _read_text_lines(path):
+                if path.suffix == ".jsonl":
+                    if not line.strip():
+                        continue
+                    line = json.loads(line)["text"]
+                words = [w for w in normalize_text(line).split() if not vocabulary.unknown_characters(w)]
+                if words:
+                    yield " ".join(words)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError) as err:
+            raise LanguageModelError(f"{path}: cannot read LM training text ({err})") from err
+
+
+@dataclass(frozen=True)
+class LmBuildReport:
+    path: Path  # the model written
+    sentences: int  # normalised sentences given to lmplz
+    words: int  # running words in them
+    vocabulary: int  # distinct words
+
+
+def build_lm(
+    sources: Sequence[str | Path],
+    order: int,
+    out: str | Path,
+    vocabulary: CharVocabulary | None = None,
+    prune: Sequence[int] = (),
+    memory: str = "20%",
+) -> LmBuildReport:
+    """Estimate a modified Kneser-Ney n-gram model with KenLM's lmplz.
+
+    ``out`` ending in ``.bin`` (or ``.binary``) also runs ``build_binary``: smaller and faster
+    to load, but its word list cannot be read back, so decode it with a lexicon. The model is
+    written to a temporary name and renamed, so a failed build never leaves a partial model.
+    """
+    vocabulary = vocabulary or CharVocabulary.english()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lmplz = find_kenlm_tool("lmplz")
+    binary = out.suffix in (".bin", ".binary")
+    build_binary = find_kenlm_tool("build_binary") if binary else None
+    with tempfile.TemporaryDirectory(prefix="asr-lm-", dir=out.parent) as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        sentences = words = 0
+        distinct: set[str] = set()
+        with open(corpus, "w", encoding="utf-8") as stream:
+            for sentence in corpus_sentences(sources, vocabulary):
+                stream.write(sentence + "\n")
+                tokens = sentence.split()
+                sentences += 1
+                words += len(tokens)
+                distinct.update(tokens)
+        if not sentences:
+            raise LanguageModelError(f"no usable text in {', '.join(map(str, sources))}")
+        arpa = Path(tmp) / "model.arpa"
+        # --discount_fallback: small corpora (a few thousand sentences) otherwise make lmplz
+        # abort on degenerate count-of-counts; large corpora never use the fallback.
+        command = [str(lmplz), "-o", str(order), "-S", memory, "-T", tmp, "--discount_fallback"]
+        if prune:
+            command += ["--prune", *map(str, prune)]
+        _run_tool(command, stdin=corpus, stdout=arpa)
+        result = Path(tmp) / "model.out"
+        if build_binary:
+            _run_tool([str(build_binary), str(arpa), str(result)])
+        else:
+            arpa.rename(result)
+        os.replace(result, out)
+    return LmBuildReport(out, sentences, words, len(distinct))
+
+
+def _run_tool(command: list[str], stdin: Path | None = None, stdout: Path | None = None) -> None:
+    with open(stdin or os.devnull, "rb") as source, open(stdout or os.devnull, "wb") as sink:
+        completed = subprocess.run(command, stdin=source, stdout=sink, stderr=subprocess.PIPE)
+    if completed.returncode != 0:
+        tail = completed.stderr.decode(errors="replace").strip().splitlines()[-5:]
+        raise LanguageModelError(f"{Path(command[0]).name} failed (exit {completed.returncode}): " + " | ".join(tail))
