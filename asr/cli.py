@@ -96,6 +96,8 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--greedy", action="store_true", help="greedy decoding, ignoring tuned settings")
     group.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="beam search worker processes (default: one per core)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                        help="acoustic model arithmetic: bf16 autocast, or int8 dynamic quantisation (CPU)")
 
 
 def tuned_settings_path(checkpoint: str) -> Path:
@@ -126,7 +128,7 @@ def decoding_settings(args: argparse.Namespace):
 def load_recognizer(args: argparse.Namespace):
     from asr.transcribe import load_model
 
-    recognizer = load_model(args.checkpoint, device=args.device)
+    recognizer = load_model(args.checkpoint, device=args.device, precision=args.precision)
     settings = decoding_settings(args)
     problem = recognizer.use_decoding(settings, workers=args.workers)
     if problem:
@@ -184,7 +186,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     recognizer = load_recognizer(args)
     report = evaluate_manifest(recognizer, args.manifest)
-    text = report.format(worst=args.worst)
+    text = f"{args.checkpoint} on {args.manifest}, decoding: {recognizer.decoding.describe()}\n" + report.format(worst=args.worst)
     print(text)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +248,15 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else tuned_settings_path(args.checkpoint)
     save_decoding_settings(out, result.best)
     print(f"stored in {out}: `asr transcribe`/`asr evaluate` with this checkpoint now use it (--greedy to not)")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from asr.export import export_onnx, export_torchscript
+
+    fmt = args.format or ("onnx" if args.out.endswith(".onnx") else "torchscript")
+    path = export_onnx(args.checkpoint, args.out) if fmt == "onnx" else export_torchscript(args.checkpoint, args.out)
+    print(f"{path}: {fmt}, waveforms (B, S) + lengths (B,) -> log_probs (B, T, V) + output_lengths (B,)")
     return EXIT_OK
 
 
@@ -321,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     lm_build.add_argument("--prune", type=int, nargs="*", help="lmplz --prune thresholds per order, e.g. 0 1 1")
     lm_build.add_argument("out", help="output model: .arpa, or .bin for a KenLM binary (needs --lexicon to decode)")
     lm_build.set_defaults(func=cmd_lm_build)
+
+    export = commands.add_parser("export", help="export front end + acoustic model as TorchScript or ONNX")
+    export.add_argument("checkpoint")
+    export.add_argument("out", help="output file (.onnx -> ONNX, else TorchScript)")
+    export.add_argument("--format", choices=["torchscript", "onnx"], help="default: from the file name")
+    export.set_defaults(func=cmd_export)
 
     tune = commands.add_parser("tune-lm", help="search LM weight and word score on a dev set; store the best")
     tune.add_argument("checkpoint")

@@ -6,6 +6,8 @@ lengths passed beside them, on CPU or GPU.
 
 from __future__ import annotations
 
+import math
+
 import librosa
 import torch
 from torch import nn
@@ -43,6 +45,8 @@ class LogMel(nn.Module):
     @torch.no_grad()
     def mel_power(self, waveforms: torch.Tensor) -> torch.Tensor:
         """(B, num_samples) float waveforms -> (B, T, n_mels) mel power spectrogram."""
+        if torch.onnx.is_in_onnx_export():
+            return self._mel_power_real(waveforms)
         spec = torch.stft(
             waveforms.float(),
             n_fft=self.config.n_fft,
@@ -55,6 +59,24 @@ class LogMel(nn.Module):
         )  # (B, n_fft // 2 + 1, T)
         power = spec.real.square() + spec.imag.square()
         mel = torch.matmul(self.mel_basis, power)  # (B, n_mels, T)
+        return mel.transpose(1, 2)  # (B, T, n_mels)
+
+    def _mel_power_real(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """The same STFT as a strided convolution with windowed cosine/sine kernels.
+
+        ONNX has no complex tensors, so the exported graph uses this; it equals the
+        ``torch.stft`` path up to float rounding (tested).
+        """
+        n_fft, win = self.config.n_fft, self.config.win_length
+        window = nn.functional.pad(self.window, ((n_fft - win) // 2, (n_fft - win + 1) // 2))  # centred in n_fft
+        time = torch.arange(n_fft, dtype=torch.float64)
+        freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+        angle = 2 * math.pi * freqs[:, None] * time[None, :] / n_fft  # (F, n_fft)
+        kernels = torch.cat([torch.cos(angle), -torch.sin(angle)]).float() * window[None, :]  # (2F, n_fft)
+        padded = nn.functional.pad(waveforms.float()[:, None, :], (n_fft // 2, n_fft // 2))  # (B, 1, S + n_fft)
+        spec = nn.functional.conv1d(padded, kernels[:, None, :], stride=self.config.hop_length)  # (B, 2F, T)
+        real, imag = spec.chunk(2, dim=1)  # (B, F, T) each
+        mel = torch.matmul(self.mel_basis, real.square() + imag.square())  # (B, n_mels, T)
         return mel.transpose(1, 2)  # (B, T, n_mels)
 
     @torch.no_grad()

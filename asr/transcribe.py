@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,13 @@ from asr.text import CharVocabulary
 
 # Audio seconds per inference batch: bounds memory while keeping the LSTM's matrices large.
 BATCH_SECONDS = 120.0
-FILES_PER_GROUP = 256  # files read into memory at once
+FILES_PER_GROUP = 256  # files read into memory at once ...
+GROUP_SECONDS = 30 * 60.0  # ... or this much audio (an hour-long file is a group of its own)
+# Files longer than this are cut into windows: LibriSpeech training utterances are <= 35 s,
+# and a BiLSTM's memory and latency grow with the input length.
+LONG_AUDIO_SECONDS = 30.0
+WINDOW_OVERLAP_SECONDS = 1.0  # context on each side of a cut
+CUT_SEARCH_SECONDS = 8.0  # how far before the longest allowed span a quiet cut point is sought
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class SpeechRecognizer:
         self.decoder: Decoder = GreedyDecoder(vocabulary)
         self.decoding = DecodingSettings()
         self.workers = 1  # beam search worker processes
+        self.window_seconds = LONG_AUDIO_SECONDS  # longer files are cut into windows of at most this
+        self.precision = "fp32"  # bf16: the acoustic model runs under bf16 autocast
 
     @property
     def sample_rate(self) -> int:
@@ -100,70 +109,142 @@ class SpeechRecognizer:
         """CTC log-probabilities (B, T, V) and output lengths (B,) for a batch of mono waveforms."""
         lengths = torch.tensor([len(w) for w in waveforms], device=self.device)
         padded = torch.nn.utils.rnn.pad_sequence(list(waveforms), batch_first=True).to(self.device)  # (B, S)
-        features, frame_lengths = self.frontend(padded, lengths)
-        log_probs, output_lengths = self.model(features, frame_lengths)
+        features, frame_lengths = self.frontend(padded, lengths)  # features stay fp32 (log of small powers)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            log_probs, output_lengths = self.model(features, frame_lengths)
         return log_probs.float(), output_lengths
 
     def recognize_waveforms(self, waveforms: Sequence[torch.Tensor]) -> list[Hypothesis]:
         """Decode one batch of mono float waveforms at the model's sample rate."""
         return self.decoder(*self.emissions(waveforms))
 
-    def timed_words(self, hypothesis: Hypothesis) -> tuple[TimedWord, ...]:
-        step = self.seconds_per_step
-        return tuple(TimedWord(w.word, round(w.start * step, 3), round(w.end * step, 3), round(w.confidence, 4))
-                     for w in hypothesis.words)
-
     def transcribe(self, paths: Iterable[str | Path]) -> list[Transcription]:
-        """Transcribe files; a file that cannot be read gets ``error`` set, the rest go on."""
+        """Transcribe files; a file that cannot be read gets ``error`` set, the rest go on.
+
+        Files are read a group at a time (at most FILES_PER_GROUP files, GROUP_SECONDS of
+        audio), so memory stays bounded for any number of files; files longer than
+        ``LONG_AUDIO_SECONDS`` are cut into windows (:func:`plan_windows`) and stitched.
+        """
         paths = [str(p) for p in paths]
-        results: list[Transcription] = []
+        results: list[Transcription | None] = [None] * len(paths)
         parallel = isinstance(self.decoder, BeamSearchDecoder) and self.workers > 1
         with ParallelDecoder(self.decoder, self.workers if parallel else 1) as beam_pool:
-            # Files are read a group at a time so that a long file list never sits in memory whole.
-            for start in range(0, len(paths), FILES_PER_GROUP):
-                results += self._transcribe_group(paths[start : start + FILES_PER_GROUP], beam_pool if parallel else None)
-        return results
+            group: list[tuple[int, str, torch.Tensor]] = []
+            group_samples = 0
+            for index, path in enumerate(paths):
+                try:
+                    waveform = torch.from_numpy(load_audio(path, self.sample_rate))
+                except AudioError as err:
+                    results[index] = Transcription(path, error=err.reason)
+                    continue
+                group.append((index, path, waveform))
+                group_samples += len(waveform)
+                if len(group) >= FILES_PER_GROUP or group_samples >= GROUP_SECONDS * self.sample_rate:
+                    self._recognize_group(group, results, beam_pool if parallel else None)
+                    group, group_samples = [], 0
+            if group:
+                self._recognize_group(group, results, beam_pool if parallel else None)
+        return results  # type: ignore[return-value]  (every slot is filled)
 
-    def _transcribe_group(self, paths: list[str], beam_pool: ParallelDecoder | None) -> list[Transcription]:
-        results: dict[int, Transcription] = {}
-        loaded: list[tuple[int, str, torch.Tensor]] = []
-        for index, path in enumerate(paths):
-            try:
-                loaded.append((index, path, torch.from_numpy(load_audio(path, self.sample_rate))))
-            except AudioError as err:
-                results[index] = Transcription(path, error=err.reason)
+    def _recognize_group(self, files: list[tuple[int, str, torch.Tensor]], results: list[Transcription | None],
+                         beam_pool: ParallelDecoder | None) -> None:
+        # Pieces: whole short files, or windows of long ones.
+        pieces: list[tuple[int, Window, torch.Tensor]] = []
+        for index, _, waveform in files:
+            for window in plan_windows(waveform.numpy(), self.sample_rate, self.window_seconds):
+                pieces.append((index, window, waveform[window.start : window.end]))
         # Similar lengths together keep padding (wasted LSTM steps) small.
-        loaded.sort(key=lambda item: len(item[2]))
-        # With a worker pool, beam search waits until the group's emissions are all computed.
-        pending: list[tuple[int, str, float, np.ndarray]] = []
-        for batch in _batches_by_duration(loaded, self.sample_rate):
+        pieces.sort(key=lambda piece: len(piece[2]))
+        decoded: dict[int, list[tuple[Window, Hypothesis]]] = {index: [] for index, _, _ in files}
+        failed: dict[int, str] = {}
+        pending: list[tuple[int, Window, np.ndarray]] = []  # for the worker pool
+        for batch in _batches_by_duration(pieces, self.sample_rate):
             try:
                 log_probs, lengths = self.emissions([w for _, _, w in batch])
                 if beam_pool is None:
                     hypotheses = self.decoder(log_probs, lengths)
-            except RuntimeError as err:  # e.g. out of memory on one huge file: report, go on
-                for index, path, _ in batch:
-                    results[index] = Transcription(path, error=f"recognition failed: {err}")
+            except RuntimeError as err:  # e.g. out of memory on one huge batch: report, go on
+                failed.update({index: f"recognition failed: {err}" for index, _, _ in batch})
                 continue
-            if beam_pool is not None:
+            if beam_pool is None:
+                for (index, window, _), hypothesis in zip(batch, hypotheses):
+                    decoded[index].append((window, hypothesis))
+            else:
                 matrices = log_probs.cpu().numpy()
-                pending += [(index, path, len(waveform) / self.sample_rate, matrix[:length])
-                            for (index, path, waveform), matrix, length in zip(batch, matrices, lengths.tolist())]
-                continue
-            for (index, path, waveform), hypothesis in zip(batch, hypotheses):
-                results[index] = self._result(path, len(waveform) / self.sample_rate, hypothesis)
+                pending += [(index, window, matrix[:length])
+                            for (index, window, _), matrix, length in zip(batch, matrices, lengths.tolist())]
         if pending:
-            decoded = beam_pool.decode([matrix for *_, matrix in pending])
-            for (index, path, duration, _), nbest in zip(pending, decoded):
-                results[index] = self._result(path, duration, nbest[0])
-        return [results[i] for i in range(len(paths))]
+            for (index, window, _), nbest in zip(pending, beam_pool.decode([m for *_, m in pending])):
+                decoded[index].append((window, nbest[0]))
+        for index, path, waveform in files:
+            duration = len(waveform) / self.sample_rate
+            if index in failed:
+                results[index] = Transcription(path, error=failed[index])
+            elif len(decoded[index]) == 1:
+                hypothesis = decoded[index][0][1]
+                results[index] = Transcription(path, hypothesis.text, None, duration, hypothesis,
+                                               self.timed_words(hypothesis))
+            else:
+                words = self._stitch(decoded[index])
+                results[index] = Transcription(path, " ".join(w.word for w in words), None, duration, None, words)
 
-    def _result(self, path: str, duration: float, hypothesis: Hypothesis) -> Transcription:
-        return Transcription(path, hypothesis.text, None, duration, hypothesis, self.timed_words(hypothesis))
+    def timed_words(self, hypothesis: Hypothesis, offset: float = 0.0) -> tuple[TimedWord, ...]:
+        step = self.seconds_per_step
+        return tuple(TimedWord(w.word, round(offset + w.start * step, 3), round(offset + w.end * step, 3),
+                               round(w.confidence, 4)) for w in hypothesis.words)
+
+    def _stitch(self, windows: list[tuple[Window, Hypothesis]]) -> tuple[TimedWord, ...]:
+        """Words of overlapping windows: each window keeps the words centred in its own span."""
+        words: list[TimedWord] = []
+        for window, hypothesis in sorted(windows, key=lambda item: item[0].start):
+            for word in self.timed_words(hypothesis, offset=window.start / self.sample_rate):
+                if window.keep_start <= (word.start + word.end) / 2 < window.keep_end:
+                    words.append(word)
+        return tuple(words)
 
 
-def _batches_by_duration(items: list[tuple[int, str, torch.Tensor]], sample_rate: int):
-    batch: list[tuple[int, str, torch.Tensor]] = []
+@dataclass(frozen=True)
+class Window:
+    start: int  # first sample given to the model
+    end: int  # one past the last sample
+    keep_start: float  # seconds: the window's own span, whose words it contributes ...
+    keep_end: float  # ... [keep_start, keep_end); the rest is context shared with its neighbours
+
+
+def plan_windows(samples: np.ndarray, sample_rate: int, max_seconds: float = LONG_AUDIO_SECONDS,
+                 overlap: float = WINDOW_OVERLAP_SECONDS, search: float = CUT_SEARCH_SECONDS) -> list[Window]:
+    """Cut long audio into windows of at most ``max_seconds``, at the quietest moments.
+
+    Each cut goes to the lowest-energy 100 ms within ``search`` seconds before the longest
+    allowed span, so cuts fall in pauses when there are any. Windows extend ``overlap``
+    seconds past each cut as context; words are assigned to the window owning their centre.
+    """
+    total = len(samples)
+    if total <= max_seconds * sample_rate:
+        return [Window(0, total, 0.0, math.inf)]
+    hop = sample_rate // 100  # 10 ms energy frames
+    frames = samples[: total // hop * hop].reshape(-1, hop)  # (frames, hop)
+    energy = np.convolve((frames.astype(np.float64) ** 2).mean(axis=1), np.ones(10) / 10, mode="same")  # 100 ms smoothing
+    span = int((max_seconds - 2 * overlap) * sample_rate)  # longest own span: window = span + 2 overlaps
+    reach = int(search * sample_rate)
+    cuts = [0]
+    while total - cuts[-1] > span:
+        latest = cuts[-1] + span
+        earliest = max(cuts[-1] + span // 2, latest - reach)
+        window_frames = energy[earliest // hop : latest // hop]
+        cuts.append((earliest // hop + int(window_frames.argmin())) * hop if len(window_frames) else latest)
+    cuts.append(total)
+    margin = int(overlap * sample_rate)
+    windows = []
+    for number, (left, right) in enumerate(zip(cuts[:-1], cuts[1:])):
+        keep_start = left / sample_rate if number > 0 else 0.0
+        keep_end = right / sample_rate if right < total else math.inf
+        windows.append(Window(max(0, left - margin), min(total, right + margin), keep_start, keep_end))
+    return windows
+
+
+def _batches_by_duration(items: list[tuple[int, object, torch.Tensor]], sample_rate: int):
+    batch: list[tuple[int, object, torch.Tensor]] = []
     for item in items:
         # Sorted ascending, so the newest item is the longest: padded cost = count * its length.
         if batch and (len(batch) + 1) * len(item[2]) / sample_rate > BATCH_SECONDS:
@@ -174,9 +255,20 @@ def _batches_by_duration(items: list[tuple[int, str, torch.Tensor]], sample_rate
         yield batch
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> SpeechRecognizer:
-    """Load a checkpoint written by ``asr train`` for transcription."""
+INFERENCE_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> SpeechRecognizer:
+    """Load a checkpoint written by ``asr train`` for transcription.
+
+    ``precision``: fp32; bf16 autocast (CPUs with AVX-512 bf16 / AMX, and GPUs); or int8
+    dynamic quantisation of the LSTM and linear weights (CPU only).
+    """
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, not {precision!r}")
     device = torch.device(device)
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("int8 dynamic quantisation runs on the CPU only; use bf16 on a GPU")
     payload = load_checkpoint(path, map_location="cpu")
     try:
         config = from_dict(ExperimentConfig, payload["config"])
@@ -188,7 +280,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SpeechRe
         model.load_state_dict(payload["model"])
     except (ValueError, KeyError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{path}: checkpoint does not match this version of asr ({err})") from err
-    return SpeechRecognizer(config, vocabulary, frontend.to(device), model.to(device), device)
+    if precision == "int8":
+        model = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear},
+                                                       dtype=torch.qint8)
+    recognizer = SpeechRecognizer(config, vocabulary, frontend.to(device), model.to(device), device)
+    recognizer.precision = precision
+    return recognizer
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -189,3 +189,46 @@ def test_subtitle_cues_split_at_pauses_and_format_times():
     assert format_vtt(cues).startswith("WEBVTT\n\n00:00:00.500 --> 00:00:01.500\na cab\n")
     many = [TimedWord(str(i), i * 0.3, i * 0.3 + 0.2, 1.0) for i in range(30)]
     assert all(len(c.text.split()) <= 14 and c.end - c.start <= 6.0 for c in subtitle_cues(many))
+
+
+# --------------------------------------------------------------------------- long audio
+
+
+def test_plan_windows_cut_in_pauses_and_tile_the_file():
+    from asr.transcribe import plan_windows
+
+    rate = 16000
+    rng = np.random.default_rng(0)
+    # 95 s: 6.5 s of "speech" (noise) then 0.5 s of silence, repeated.
+    pattern = np.concatenate([rng.normal(0, 0.3, int(6.5 * rate)), np.zeros(int(0.5 * rate))]).astype(np.float32)
+    samples = np.tile(pattern, 14)[: 95 * rate]
+    windows = plan_windows(samples, rate, max_seconds=20.0, overlap=1.0, search=8.0)
+    assert len(windows) >= 5
+    assert all((w.end - w.start) / rate <= 20.0 + 1e-9 for w in windows)
+    assert windows[0].keep_start == 0.0 and windows[-1].keep_end == float("inf")
+    for left, right in zip(windows[:-1], windows[1:]):
+        assert left.keep_end == right.keep_start  # own spans tile the file
+        cut = left.keep_end % 7.0
+        assert 6.5 <= cut <= 7.0  # inside a pause
+    assert plan_windows(samples[: 10 * rate], rate, max_seconds=20.0)[0].keep_end == float("inf")  # short: one window
+
+
+def test_long_file_is_transcribed_in_windows_with_ordered_times(trained_checkpoint, tone_corpus, tmp_path):
+    from asr.transcribe import load_model
+
+    utterances = read_manifest(tone_corpus["valid"]) * 3
+    pause = np.zeros(8000, dtype=np.float32)
+    pieces = [np.concatenate([soundfile.read(u.audio, dtype="float32")[0], pause]) for u in utterances]
+    long_file = tmp_path / "long.flac"
+    soundfile.write(long_file, np.concatenate(pieces), 16000)
+    duration = sum(len(p) for p in pieces) / 16000
+    recognizer = load_model(trained_checkpoint)
+    recognizer.window_seconds = 4.0  # the tone utterances are ~1-2 s: many windows
+    (whole,) = recognizer.transcribe([long_file])
+    assert whole.ok and whole.hypothesis is None  # stitched from windows
+    starts = [w.start for w in whole.words]
+    assert starts == sorted(starts) and all(0 <= w.start < w.end <= duration + 0.05 for w in whole.words)
+    assert whole.text == " ".join(w.word for w in whole.words)
+    recognizer.window_seconds = 1e9
+    (unwindowed,) = recognizer.transcribe([long_file])
+    assert unwindowed.hypothesis is not None

@@ -81,7 +81,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   for set in $eval_sets; do
     asr evaluate $model $data/manifests/$set.jsonl --greedy --report $exp/eval/$set.txt \
       --utterances $exp/eval/$set.jsonl --worst 5 > /dev/null
-    echo "$set greedy: $(sed -n 2,3p $exp/eval/$set.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
+    echo "$set greedy: $(grep -E "^(WER|CER)" $exp/eval/$set.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
   done
   if [ -n "$lm" ] && [ -f "$lm" ]; then
     tune_set=$(echo $eval_sets | cut -d' ' -f1)
@@ -89,7 +89,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
     for set in $eval_sets; do
       asr evaluate $model $data/manifests/$set.jsonl --report $exp/eval/$set-lm.txt \
         --utterances $exp/eval/$set-lm.jsonl --worst 5 > /dev/null
-      echo "$set beam+LM: $(sed -n 2,3p $exp/eval/$set-lm.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
+      echo "$set beam+LM: $(grep -E "^(WER|CER)" $exp/eval/$set-lm.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
     done
   else
     echo "no LM ($lm): greedy only"

@@ -1,0 +1,298 @@
+"""The benchmark suite: one table, every figure measured in this run (medians over repeats).
+
+    python scripts/bench.py CKPT DEV.jsonl [--lm LM.arpa --lexicon WORDS] [--out BENCHMARKS.md]
+    python scripts/bench.py CKPT DEV.jsonl --only gemm,training     # a subset of sections
+
+Sections: gemm (the machine's fp32/bf16 matrix-product FLOP/s), features (log-mel speed, one
+thread), training (audio-s/s and FLOP/s of a training step for the CPU recipe model and the
+100 h model, padding of the bucketed batches), inference (real-time factor on one thread and
+on all threads, fp32 / bf16 / int8, greedy and beam + LM, WER of each), pocketsphinx (the peer
+on the same audio; `pip install pocketsphinx`), long (a 60-minute recording: peak RSS, and its
+WER against transcribing the utterances one by one). Targets are printed beside the values.
+Nothing here is asserted in the unit tests: wall-clock figures are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from asr.config import load_config  # noqa: E402
+from asr.data import Batch, BucketBatchSampler, frame_counts, read_manifest  # noqa: E402
+from asr.decoding import BeamSearchOptions, DecodingSettings  # noqa: E402
+from asr.features import FeatureFrontend  # noqa: E402
+from asr.metrics import ErrorCounts, score_utterances  # noqa: E402
+from asr.model import AcousticModel  # noqa: E402
+from asr.transcribe import load_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE_CONFIGS = {"cpu-small": ROOT / "recipes/librispeech/conf/cpu-small.yaml",
+                  "100h": ROOT / "recipes/librispeech/conf/100h.yaml"}
+rows: list[tuple[str, str, str, str]] = []  # (section, what, measured, target)
+
+
+def report(section: str, what: str, measured: str, target: str = "") -> None:
+    rows.append((section, what, measured, target))
+    print(f"{section:12s} {what:58s} {measured:>22s}  {target}", flush=True)
+
+
+def median_seconds(function, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def bench_gemm(repeats: int) -> dict[str, float]:
+    peaks = {}
+    size = 2048
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        seconds = median_seconds(lambda: a @ b, repeats)
+        peaks[str(dtype)] = 2 * size**3 / seconds
+        report("gemm", f"{size}x{size} matrix product, {str(dtype)[6:]}, {torch.get_num_threads()} threads",
+               f"{peaks[str(dtype)] / 1e9:.0f} GFLOP/s")
+    return peaks
+
+
+def bench_features(repeats: int) -> None:
+    torch.set_num_threads(1)
+    frontend = FeatureFrontend(load_config(RECIPE_CONFIGS["cpu-small"]).features)
+    audio = torch.randn(8, 16000 * 10) * 0.1  # 8 x 10 s
+    lengths = torch.full((8,), audio.shape[1])
+    with torch.inference_mode():
+        seconds = median_seconds(lambda: frontend(audio, lengths), repeats)
+    report("features", "log-mel + normalisation, 1 thread", f"{80 / seconds:.0f} x real time")
+    torch.set_num_threads(os.cpu_count() or 1)
+
+
+def lstm_flops_per_output_step(model: AcousticModel, vocab: int) -> float:
+    """Forward multiply-adds x 2 per output step per utterance: LSTM gates, the output layer.
+
+    Each direction of each layer: 4 gates x (input + hidden) x hidden multiply-adds per step.
+    """
+    config = model.config
+    hidden = config.hidden_size
+    inputs = [model.subsampler.output_dim] + [2 * hidden] * (config.num_layers - 1)
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
+    recurrent = sum(2 * gates * (size + hidden) * hidden for size in inputs)  # two directions
+    return 2 * (recurrent + 2 * hidden * vocab)
+
+
+def bench_training(manifest: str | None, peaks: dict[str, float], repeats: int) -> None:
+    from asr.train import autocast, ctc_loss
+
+    torch.manual_seed(0)
+    for name, path in RECIPE_CONFIGS.items():
+        config = load_config(path)
+        frontend = FeatureFrontend(config.features)
+        model = AcousticModel(config.model, config.features.n_mels, 29)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        # One bucketed batch of the recipe's frame budget: 10 s utterances, 15 characters/s.
+        count = max(1, config.data.max_frames_per_batch // 1000)
+        waveforms = torch.randn(count, 160_000) * 0.1
+        labels = torch.randint(1, 29, (count, 150))
+        batch = Batch(list(range(count)), waveforms, torch.full((count,), 160_000), labels, torch.full((count,), 150))
+        device = torch.device("cpu")
+
+        def step() -> None:
+            features, lengths = frontend(batch.waveforms, batch.waveform_lengths)
+            with autocast(config, device):
+                log_probs, output_lengths = model(features, lengths)
+            loss = ctc_loss(log_probs, output_lengths, batch, device)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        seconds = median_seconds(step, repeats)
+        steps = 1000 // config.model.subsampling_factor + 1  # output steps of a 10 s utterance
+        flops = 3 * lstm_flops_per_output_step(model, 29) * steps * count  # backward ~ 2 x forward
+        peak = peaks.get(str(torch.bfloat16 if config.train.precision == "bf16" else torch.float32))
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        report("training", f"{name} ({params:.1f} M params, {config.train.precision}), batch {count} x 10 s",
+               f"{count * 10 / seconds:.0f} audio-s/s")
+        fp32_peak = peaks.get(str(torch.float32))
+        if fp32_peak:
+            report("training", f"{name}: model FLOP/s vs this run's fp32 GEMM",
+                   f"{flops / seconds / 1e9:.0f} GFLOP/s = {100 * flops / seconds / fp32_peak:.0f} %", ">= 60 %")
+        if peak and peak is not fp32_peak:
+            report("training", f"{name}: vs the bf16 GEMM", f"{100 * flops / seconds / peak:.0f} %")
+    if manifest:
+        config = load_config(RECIPE_CONFIGS["cpu-small"])
+        sampler = BucketBatchSampler(frame_counts(read_manifest(manifest)), config.data.max_frames_per_batch)
+        report("training", f"padded frames in bucketed batches ({Path(manifest).name})",
+               f"{100 * sampler.padding_fraction():.1f} %", "< 10 %")
+
+
+def transcribe_and_score(checkpoint: str, utterances, threads: int, precision: str = "fp32",
+                         decoding: DecodingSettings | None = None) -> tuple[float, ErrorCounts]:
+    torch.set_num_threads(threads)
+    recognizer = load_model(checkpoint, precision=precision)
+    if decoding:
+        problem = recognizer.use_decoding(decoding, workers=threads)
+        if problem:
+            raise SystemExit(problem)
+    recognizer.transcribe([utterances[0].audio])  # warm-up (allocations, LM load)
+    start = time.perf_counter()
+    results = recognizer.transcribe([u.audio for u in utterances])
+    seconds = time.perf_counter() - start
+    audio = sum(r.duration for r in results)
+    scores = score_utterances([u.id for u in utterances], [u.text for u in utterances], [r.text for r in results])
+    return seconds / audio, sum((s.words for s in scores), ErrorCounts(0, 0, 0, 0))
+
+
+def bench_inference(checkpoint: str, utterances, lm: str | None, lexicon: str | None) -> dict[str, float]:
+    cores = os.cpu_count() or 1
+    rtfs = {}
+    for precision in ("fp32", "bf16", "int8"):
+        for threads in sorted({1, cores}):
+            rtf, words = transcribe_and_score(checkpoint, utterances, threads, precision)
+            rtfs[(precision, threads)] = rtf
+            target = "<= 0.02" if (precision, threads) == ("fp32", 1) else ""
+            report("inference", f"greedy, {precision}, {threads} thread(s): RTF, WER",
+                   f"{rtf:.4f}, {100 * words.rate:.2f} %", target)
+    for precision in ("bf16", "int8"):
+        report("inference", f"{precision} speed-up over fp32 (1 thread)",
+               f"{rtfs[('fp32', 1)] / rtfs[(precision, 1)]:.2f} x", ">= 1.5 x at <= 2 % rel. WER")
+    if lm:
+        tuned = Path(checkpoint + ".decoding.yaml")
+        from asr.decoding import load_decoding_settings
+
+        settings = load_decoding_settings(tuned) if tuned.is_file() else DecodingSettings("beam", lm, lexicon, BeamSearchOptions())
+        for threads in sorted({1, cores}):
+            rtf, words = transcribe_and_score(checkpoint, utterances, threads, "fp32", settings)
+            report("inference", f"beam {settings.beam.beam_size} + LM, fp32, {threads} thread(s): RTF, WER",
+                   f"{rtf:.4f}, {100 * words.rate:.2f} %")
+    torch.set_num_threads(cores)
+    return {"fp32_1": rtfs[("fp32", 1)]}
+
+
+def bench_pocketsphinx(utterances, our_rtf: float | None) -> None:
+    try:
+        from pocketsphinx import Decoder
+    except ImportError:
+        report("pocketsphinx", "not installed (pip install pocketsphinx)", "-")
+        return
+    from asr.audio import load_audio
+    from asr.text import normalize_text
+
+    decoder = Decoder(samprate=16000)
+    texts, audio_seconds = [], 0.0
+    start = time.perf_counter()
+    for utt in utterances:
+        samples = load_audio(utt.audio)
+        audio_seconds += len(samples) / 16000
+        decoder.start_utt()
+        decoder.process_raw((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
+        decoder.end_utt()
+        texts.append(normalize_text(decoder.hyp().hypstr) if decoder.hyp() else "")
+    rtf = (time.perf_counter() - start) / audio_seconds
+    scores = score_utterances([u.id for u in utterances], [u.text for u in utterances], texts)
+    words = sum((s.words for s in scores), ErrorCounts(0, 0, 0, 0))
+    report("pocketsphinx", "PocketSphinx (its own US English model), 1 process: RTF, WER",
+           f"{rtf:.4f}, {100 * words.rate:.2f} %", f"ours faster: {our_rtf:.4f}" if our_rtf else "")
+
+
+def bench_long_audio(checkpoint: str, utterances, minutes: float) -> None:
+    """A recording made by concatenating dev utterances (0.5 s pauses) up to ``minutes``."""
+    from asr.audio import load_audio
+
+    pieces, order, total = [], [], 0.0
+    pause = np.zeros(8000, dtype=np.float32)
+    while total < minutes * 60:
+        for index, utt in enumerate(utterances):
+            samples = load_audio(utt.audio)
+            pieces += [samples, pause]
+            order.append(index)
+            total += len(samples) / 16000 + 0.5
+            if total >= minutes * 60:
+                break
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "long.flac"
+        soundfile.write(path, np.concatenate(pieces), 16000)
+        del pieces
+        # A child process, so that its peak RSS is the transcription's alone.
+        code = ("import resource, sys, json, asr; r = asr.load_model(sys.argv[1]).transcribe([sys.argv[2]])[0]; "
+                "print(json.dumps({'text': r.text, 'error': r.error, "
+                "'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code, checkpoint, str(path)], capture_output=True, text=True,
+                             cwd=ROOT, check=True).stdout.strip().splitlines()[-1]
+        seconds = time.perf_counter() - start
+    result = json.loads(out)
+    report("long audio", f"{total / 60:.0f}-minute file: peak RSS of `transcribe`", f"{result['rss'] / 1024:.0f} MB",
+           "<= 2048 MB")
+    report("long audio", f"{total / 60:.0f}-minute file: wall time (load + windows + decode)", f"{seconds:.0f} s")
+    reference = " ".join(utterances[i].text for i in order)
+    long_wer = score_utterances(["long"], [reference], [result["text"]])[0].words.rate
+    one_by_one = load_model(checkpoint).transcribe([u.audio for u in utterances[: max(order) + 1]])
+    short_wer = score_utterances(["short"], [reference], [" ".join(one_by_one[i].text for i in order)])[0].words.rate
+    report("long audio", "WER: long file vs its utterances one by one",
+           f"{100 * long_wer:.2f} % vs {100 * short_wer:.2f} %", "within 5 % relative")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="the CPU recipe model")
+    parser.add_argument("manifest", help="evaluation utterances (JSONL)")
+    parser.add_argument("--lm")
+    parser.add_argument("--lexicon")
+    parser.add_argument("--utterances", type=int, default=40, help="utterances for the inference sections")
+    parser.add_argument("--long-minutes", type=float, default=60.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", default="gemm,features,training,inference,pocketsphinx,long")
+    parser.add_argument("--out", help="write the table (markdown) here, e.g. BENCHMARKS.md")
+    args = parser.parse_args()
+    sections = set(args.only.split(","))
+    utterances = read_manifest(args.manifest)[: args.utterances]
+    peaks = bench_gemm(args.repeats) if sections & {"gemm", "training"} else {}
+    if "features" in sections:
+        bench_features(args.repeats)
+    if "training" in sections:
+        bench_training(args.manifest, peaks, max(3, args.repeats // 2))
+    rtf = None
+    if "inference" in sections:
+        rtf = bench_inference(args.checkpoint, utterances, args.lm, args.lexicon)["fp32_1"]
+    if "pocketsphinx" in sections:
+        bench_pocketsphinx(utterances, rtf)
+    if "long" in sections:
+        bench_long_audio(args.checkpoint, read_manifest(args.manifest), args.long_minutes)
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}.",
+             f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`", "",
+             "| section | measure | value | target |", "|---|---|---:|---|"]
+    lines += [f"| {s} | {w} | {m} | {t} |" for s, w, m, t in rows]
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
