@@ -94,6 +94,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--word-score", type=float, help="score added per word (default 0, or the tuned value)")
     group.add_argument("--beam-threshold", type=float, help="prune hypotheses this far below the best (default 25)")
     group.add_argument("--greedy", action="store_true", help="greedy decoding, ignoring tuned settings")
+    group.add_argument("--no-lm", action="store_true", help="beam search without LM or lexicon (character level)")
     group.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="beam search worker processes (default: one per core)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
@@ -119,9 +120,11 @@ def decoding_settings(args: argparse.Namespace):
         print(f"using tuned decoding settings from {tuned}", file=sys.stderr)
     overrides = {name: value for name, value in (("beam_size", args.beam), ("lm_weight", args.lm_weight),
                  ("word_score", args.word_score), ("beam_threshold", args.beam_threshold)) if value is not None}
-    if overrides or args.lm or args.lexicon:
+    if overrides or args.lm or args.lexicon or args.no_lm:
         settings = replace(settings, method="beam", lm=args.lm or settings.lm, lexicon=args.lexicon or settings.lexicon,
                            beam=replace(settings.beam, **overrides))
+    if args.no_lm:
+        settings = replace(settings, lm=None, lexicon=None)
     return settings
 
 
@@ -198,9 +201,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_lm_build(args: argparse.Namespace) -> int:
-    from asr.lm import build_lm
+    from asr.lm import build_lm, read_word_counts
 
-    report = build_lm(args.text, args.order, args.out, prune=args.prune or ())
+    counts = read_word_counts(args.unigram_counts) if args.unigram_counts else None
+    report = build_lm(args.text, args.order, args.out, prune=args.prune or (), unigram_counts=counts)
     print(f"{report.path}: {args.order}-gram from {report.sentences} sentences, {report.words} words, "
           f"{report.vocabulary} distinct")
     return EXIT_OK
@@ -247,7 +251,10 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
           f"word_score {best.word_score:g} (beam {args.beam})")
     out = Path(args.out) if args.out else tuned_settings_path(args.checkpoint)
     save_decoding_settings(out, result.best)
-    print(f"stored in {out}: `asr transcribe`/`asr evaluate` with this checkpoint now use it (--greedy to not)")
+    if out == tuned_settings_path(args.checkpoint):
+        print(f"stored in {out}: `asr transcribe`/`asr evaluate` with this checkpoint now use it (--greedy to not)")
+    else:
+        print(f"stored in {out}")
     return EXIT_OK
 
 
@@ -330,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm_build.add_argument("text", nargs="+", help="text files (one sentence per line) or JSONL manifests")
     lm_build.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
     lm_build.add_argument("--prune", type=int, nargs="*", help="lmplz --prune thresholds per order, e.g. 0 1 1")
+    lm_build.add_argument("--unigram-counts", help="'word count' lines: unseen words get a share of <unk>'s "
+                          "probability by count (e.g. scripts/make_wordlist.py --counts)")
     lm_build.add_argument("out", help="output model: .arpa, or .bin for a KenLM binary (needs --lexicon to decode)")
     lm_build.set_defaults(func=cmd_lm_build)
 
@@ -346,9 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--lexicon", help="lexicon or word list (default: the ARPA's words)")
     tune.add_argument("--lm-weights", type=float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
                       help="comma-separated grid (default 0,0.25,0.5,0.75,1,1.5,2)")
-    tune.add_argument("--word-scores", type=float_list, default=[-1.0, 0.0, 1.0, 2.0, 3.0],
-                      help="comma-separated grid (default -1,0,1,2,3)")
-    tune.add_argument("--beam", type=int, default=50, help="beam size (default 50)")
+    tune.add_argument("--word-scores", type=float_list, default=[-2.0, -1.0, 0.0, 1.0, 2.0],
+                      help="comma-separated grid, written --word-scores=-2,-1,0 (default -2,-1,0,1,2)")
+    tune.add_argument("--beam", type=int, default=100, help="beam size (default 100)")
     tune.add_argument("--beam-threshold", type=float, default=25.0)
     tune.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: cores)")
     tune.add_argument("--emissions-cache", help="keep the acoustic model's outputs here between runs")

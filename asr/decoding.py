@@ -149,7 +149,7 @@ class BeamSearchOptions:
     word_score: float = 0.0  # added per word: > 0 favours more (shorter) words, < 0 fewer
     unk_score: float = -math.inf  # score of a word spelled outside the lexicon; -inf forbids them
     sil_score: float = 0.0  # added per space step between words
-    log_add: bool = False  # merge equal hypotheses by log-sum-exp instead of max
+    log_add: bool = True  # merge equal hypotheses by log-sum-exp (sum over CTC paths) instead of max
     nbest: int = 1  # hypotheses per utterance from decode_nbest
 
 
@@ -273,12 +273,16 @@ class BeamSearchDecoder:
                 raise LanguageModelError(f"{self.lm}: KenLM cannot read this language model ({_first_line(err)})") from err
         else:
             lm = ZeroLM()
-        trie = Trie(len(self.vocabulary), self.vocabulary.tokens.index(" "))
+        space = self.vocabulary.tokens.index(" ")
+        trie = Trie(len(self.vocabulary), space)
         start = lm.start(False)
         for index, word in enumerate(words[1:], start=1):
             _, unigram = lm.score(start, index)  # the word's LM score, smeared over its prefixes
             for spelling in self.lexicon.spellings[word]:
-                trie.insert(list(spelling), index, unigram)
+                # Every word ends with the space the acoustic model was trained to emit between
+                # words: without it the search splits one misheard word into several short
+                # lexicon words. decode_matrix appends a space step for the last word.
+                trie.insert([*spelling, space], index, unigram)
         trie.smear(SmearingMode.MAX)
         self._shared = (lm, trie, words)
         return self._shared
@@ -317,17 +321,23 @@ class BeamSearchDecoder:
         steps, labels = log_probs.shape
         if steps == 0:
             return [Hypothesis("", [], [], 0.0)]
-        emissions = np.ascontiguousarray(log_probs, dtype=np.float32)
         decoder, words = self._build()
-        results = decoder.decode(emissions.ctypes.data, steps, labels)
+        emissions = np.ascontiguousarray(log_probs, dtype=np.float32)
+        if words is not None:
+            # A final step that is surely a space, so that the last word can end like the others.
+            space = np.full((1, labels), -1e4, dtype=np.float32)
+            space[0, self.vocabulary.tokens.index(" ")] = 0.0
+            emissions = np.concatenate([emissions, space])
+        results = decoder.decode(emissions.ctypes.data, len(emissions), labels)
         hypotheses = []
         for result in results[: self.options.nbest]:
-            path = list(result.tokens)[1:-1]  # flashlight pads the path with a space step at each end
+            path = list(result.tokens)[1 : steps + 1]  # flashlight pads the path with a step at each end
             word_ends = None
             if words is not None:
                 # Index 0 is <unk>: a word spelled outside the lexicon (unk_score > -inf).
-                word_ends = [(step - 1, words[w] if w > 0 else None) for step, w in enumerate(result.words) if w >= 0]
-            hypotheses.append(hypothesis_from_path(path, emissions, self.vocabulary, result.score, word_ends,
+                word_ends = [(min(step - 1, steps - 1), words[w] if w > 0 else None)
+                             for step, w in enumerate(result.words) if w >= 0]
+            hypotheses.append(hypothesis_from_path(path, emissions[:steps], self.vocabulary, result.score, word_ends,
                                                    result.lmScore if self.uses_lm else 0.0))
         return hypotheses or [Hypothesis("", [], [], -math.inf)]
 

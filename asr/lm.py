@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -186,12 +187,15 @@ def build_lm(
     vocabulary: CharVocabulary | None = None,
     prune: Sequence[int] = (),
     memory: str = "20%",
+    unigram_counts: dict[str, float] | None = None,
 ) -> LmBuildReport:
     """Estimate a modified Kneser-Ney n-gram model with KenLM's lmplz.
 
     ``out`` ending in ``.bin`` (or ``.binary``) also runs ``build_binary``: smaller and faster
     to load, but its word list cannot be read back, so decode it with a lexicon. The model is
     written to a temporary name and renamed, so a failed build never leaves a partial model.
+    ``unigram_counts`` gives words unseen in the text probabilities from external counts
+    (:func:`add_unigrams`).
     """
     vocabulary = vocabulary or CharVocabulary.english()
     out = Path(out)
@@ -219,6 +223,8 @@ def build_lm(
         if prune:
             command += ["--prune", *map(str, prune)]
         _run_tool(command, stdin=corpus, stdout=arpa)
+        if unigram_counts:
+            add_unigrams(arpa, {w: c for w, c in unigram_counts.items() if not vocabulary.unknown_characters(w)})
         result = Path(tmp) / "model.out"
         if build_binary:
             _run_tool([str(build_binary), str(arpa), str(result)])
@@ -226,6 +232,62 @@ def build_lm(
             arpa.rename(result)
         os.replace(result, out)
     return LmBuildReport(out, sentences, words, len(distinct))
+
+
+def add_unigrams(arpa: str | Path, counts: dict[str, float], unk_share: float = 0.1) -> int:
+    """Give words the n-gram model never saw a unigram probability from external counts.
+
+    A small corpus leaves most of a large vocabulary unseen, and every unseen word gets the
+    same <unk> probability. This spreads that mass instead: a new word w gets
+    p(<unk>) * (1 - unk_share) * count(w) / (sum of new words' counts), and <unk> keeps
+    ``unk_share`` of it, so the model stays normalised. The new unigrams have no higher-order
+    n-grams (backoff weight 1). Rewrites the ARPA file atomically; returns the words added.
+    """
+    arpa = Path(arpa)
+    lines = arpa.read_text(encoding="utf-8").split("\n")
+    start = lines.index("\\1-grams:")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("\\"))
+    known = {}
+    for i in range(start + 1, end):
+        fields = lines[i].split("\t")
+        if len(fields) >= 2:
+            known[fields[1]] = i
+    if "<unk>" not in known:
+        raise LanguageModelError(f"{arpa}: no <unk> unigram to share out")
+    unk_fields = lines[known["<unk>"]].split("\t")
+    unk_log10 = float(unk_fields[0])
+    new = {w: c for w, c in counts.items() if w not in known and c > 0}
+    if not new:
+        return 0
+    total = sum(new.values())
+    share = math.log10(1 - unk_share)
+    added = [f"{unk_log10 + share + math.log10(c / total):.6f}\t{w}\t0" for w, c in new.items()]
+    unk_fields[0] = f"{unk_log10 + math.log10(unk_share):.6f}"
+    lines[known["<unk>"]] = "\t".join(unk_fields)
+    while end > start + 1 and not lines[end - 1].strip():  # insert before the section's blank line
+        end -= 1
+    lines[end:end] = added
+    header = next(i for i, line in enumerate(lines) if line.startswith("ngram 1="))
+    lines[header] = f"ngram 1={int(lines[header].split('=')[1]) + len(added)}"
+    tmp = arpa.with_name(arpa.name + ".tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, arpa)
+    return len(added)
+
+
+def read_word_counts(path: str | Path) -> dict[str, float]:
+    """``word count`` per line (e.g. from scripts/make_wordlist.py), words normalised."""
+    counts: dict[str, float] = {}
+    try:
+        for line in _read_text_lines(Path(path)):
+            fields = line.split()
+            if len(fields) >= 2:
+                word = normalize_text(fields[0])
+                if word and " " not in word:
+                    counts[word] = counts.get(word, 0.0) + float(fields[1])
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise LanguageModelError(f"{path}: cannot read word counts ({err})") from err
+    return counts
 
 
 def _run_tool(command: list[str], stdin: Path | None = None, stdout: Path | None = None) -> None:

@@ -173,6 +173,7 @@ def bench_inference(checkpoint: str, utterances, lm: str | None, lexicon: str | 
             target = "<= 0.02" if (precision, threads) == ("fp32", 1) else ""
             report("inference", f"greedy, {precision}, {threads} thread(s): RTF, WER",
                    f"{rtf:.4f}, {100 * words.rate:.2f} %", target)
+    bench_onnxruntime(checkpoint, utterances, cores)
     for precision in ("bf16", "int8"):
         report("inference", f"{precision} speed-up over fp32 (1 thread)",
                f"{rtfs[('fp32', 1)] / rtfs[(precision, 1)]:.2f} x", ">= 1.5 x at <= 2 % rel. WER")
@@ -187,6 +188,38 @@ def bench_inference(checkpoint: str, utterances, lm: str | None, lexicon: str | 
                    f"{rtf:.4f}, {100 * words.rate:.2f} %")
     torch.set_num_threads(cores)
     return {"fp32_1": rtfs[("fp32", 1)]}
+
+
+def bench_onnxruntime(checkpoint: str, utterances, cores: int) -> None:
+    try:
+        import onnxruntime
+    except ImportError:
+        report("inference", "onnxruntime not installed (pip install -e .[export])", "-")
+        return
+    from asr.audio import load_audio
+    from asr.decoding import GreedyDecoder
+    from asr.export import export_onnx
+
+    recognizer = load_model(checkpoint)
+    decoder = GreedyDecoder(recognizer.vocabulary)
+    waveforms = [load_audio(u.audio) for u in utterances]
+    audio = sum(len(w) for w in waveforms) / 16000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(checkpoint, Path(tmp) / "model.onnx")
+        for threads in sorted({1, cores}):
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            texts = []
+            start = time.perf_counter()
+            for waveform in waveforms:  # one utterance per call: no padding
+                log_probs, lengths = session.run(None, {"waveforms": waveform[None], "lengths": np.array([len(waveform)])})
+                texts.append(decoder(torch.from_numpy(log_probs), torch.from_numpy(lengths))[0].text)
+            rtf = (time.perf_counter() - start) / audio
+            scores = score_utterances([u.id for u in utterances], [u.text for u in utterances], texts)
+            words = sum((s.words for s in scores), ErrorCounts(0, 0, 0, 0))
+            report("inference", f"ONNX Runtime, greedy, fp32, {threads} thread(s): RTF, WER",
+                   f"{rtf:.4f}, {100 * words.rate:.2f} %")
 
 
 def bench_pocketsphinx(utterances, our_rtf: float | None) -> None:
@@ -234,9 +267,10 @@ def bench_long_audio(checkpoint: str, utterances, minutes: float) -> None:
         soundfile.write(path, np.concatenate(pieces), 16000)
         del pieces
         # A child process, so that its peak RSS is the transcription's alone.
-        code = ("import resource, sys, json, asr; r = asr.load_model(sys.argv[1]).transcribe([sys.argv[2]])[0]; "
-                "print(json.dumps({'text': r.text, 'error': r.error, "
-                "'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+        # VmHWM, not ru_maxrss: Linux carries the parent's peak into a child's ru_maxrss.
+        code = ("import re, sys, json, asr; r = asr.load_model(sys.argv[1]).transcribe([sys.argv[2]])[0]; "
+                "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+                "print(json.dumps({'text': r.text, 'error': r.error, 'rss': hwm}))")
         start = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", code, checkpoint, str(path)], capture_output=True, text=True,
                              cwd=ROOT, check=True).stdout.strip().splitlines()[-1]

@@ -5,9 +5,10 @@
 
 Both decoders run in this process on one thread, over emissions computed once. The LM
 weight and word score are ours (from ``asr tune-lm``, or the flags); pyctcdecode gets the
-same weighting: it scales KenLM's log10 scores to natural log before its alpha, so
-alpha = lm_weight / ln(10), and its beta is the same per-word score. Each decoder's WER is
-reported beside its speed, since "faster" only counts at equal accuracy.
+same weighting by default: it scales KenLM's log10 scores to natural log before its alpha,
+so alpha = lm_weight / ln(10), and its beta is the same per-word score; --peer-alpha and
+--peer-beta give it its own tuned pair. Each decoder's WER is reported beside its speed,
+since "faster" only counts at equal accuracy.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--lexicon", help="lexicon / word list (default: the ARPA's words)")
     parser.add_argument("--lm-weight", type=float, help="default: the checkpoint's tuned value, else 1.0")
     parser.add_argument("--word-score", type=float, help="default: the checkpoint's tuned value, else 0")
+    parser.add_argument("--peer-alpha", type=float, help="pyctcdecode's alpha (default: lm_weight / ln 10)")
+    parser.add_argument("--peer-beta", type=float, help="pyctcdecode's beta (default: word score)")
     parser.add_argument("--beams", default="10,50,100")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", help="also write the markdown table here")
@@ -85,8 +88,9 @@ def main() -> None:
     ours_lm = BeamSearchDecoder(vocabulary, BeamSearchOptions(lm_weight=lm_weight, word_score=word_score),
                                 lm=args.lm, lexicon=lexicon)
     peer_free = build_ctcdecoder(labels)
-    peer_lm = build_ctcdecoder(labels, kenlm_model_path=args.lm, unigrams=words,
-                               alpha=lm_weight / math.log(10), beta=word_score)
+    alpha = args.peer_alpha if args.peer_alpha is not None else lm_weight / math.log(10)
+    beta = args.peer_beta if args.peer_beta is not None else word_score
+    peer_lm = build_ctcdecoder(labels, kenlm_model_path=args.lm, unigrams=words, alpha=alpha, beta=beta)
     for beam in [int(b) for b in args.beams.split(",")]:
         for with_lm, ours, peer in ((False, ours_free, peer_free), (True, ours_lm, peer_lm)):
             ours_beam = ours.with_options(BeamSearchOptions(beam_size=beam, lm_weight=lm_weight, word_score=word_score))
@@ -99,8 +103,8 @@ def main() -> None:
     lines = [
         f"Decoding the same emissions: {len(matrices)} utterances ({audio_minutes:.1f} min) of `{args.manifest}`, "
         f"one thread, median of {args.repeats} runs. LM `{args.lm}` ({len(words)} lexicon words), "
-        f"LM weight {lm_weight:g}, word score {word_score:g} (pyctcdecode alpha {lm_weight / math.log(10):.3f}, "
-        f"beta {word_score:g}). Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}.",
+        f"ours: LM weight {lm_weight:g}, word score {word_score:g}; pyctcdecode: alpha {alpha:.3f}, beta {beta:g}. "
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}.",
         "",
         "| decoder | beam | LM | ms / utterance | WER % | CER % |",
         "|---|---:|:-:|---:|---:|---:|",

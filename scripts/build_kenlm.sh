@@ -5,8 +5,8 @@
 #
 # The source is the kenlm sdist from PyPI (checked against PyPI's sha256); the build needs
 # cmake, a C++ compiler and Boost (program_options, system, thread), installed with apt when
-# missing and running as root. About 12 minutes on 2 cores including the apt step; later runs
-# return at once. `asr` finds the tools there, on PATH, or in $ASR_KENLM_BIN.
+# missing and running as root. The compile takes ~30 s on 2 cores (the apt step, when
+# needed, a few minutes); later runs return at once. `asr` finds the tools there, on PATH, or in $ASR_KENLM_BIN.
 set -euo pipefail
 
 dest=${ASR_KENLM_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/asr/kenlm/bin}
@@ -45,8 +45,13 @@ print(f"downloaded {sdist['filename']} ({len(data) // 1024} KiB, sha256 verified
 EOF
 tar -xzf "$work/kenlm.tar.gz" -C "$work"
 source_dir=$(find "$work" -maxdepth 2 -name CMakeLists.txt -printf '%h\n' | head -1)
-cmake -S "$source_dir" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DCOMPILE_TESTS=OFF >/dev/null
-cmake --build "$work/build" --target lmplz build_binary -j "$(nproc)" >/dev/null
+# Compiler output (many deprecation warnings) goes to a log, shown only when the build fails.
+if ! { cmake -S "$source_dir" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DCOMPILE_TESTS=OFF &&
+       cmake --build "$work/build" --target lmplz build_binary -j "$(nproc)"; } > "$work/build.log" 2>&1; then
+    tail -40 "$work/build.log" >&2
+    echo "error: the KenLM build failed (log above)" >&2
+    exit 1
+fi
 mkdir -p "$dest"
 for tool in lmplz build_binary; do
     install -m 755 "$(find "$work/build" -type f -name "$tool" -perm -u+x | head -1)" "$dest/$tool.tmp"

@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--wordfreq", type=int, default=50_000, help="top N English words (0 = none)")
     parser.add_argument("--manifest", action="append", default=[], help="add the words of these transcripts")
+    parser.add_argument("--counts", action="store_true",
+                        help="write 'word count' lines (wordfreq frequency per billion words; for `asr lm build "
+                             "--unigram-counts`) instead of bare words")
     args = parser.parse_args()
     vocabulary = CharVocabulary.english()
     words: dict[str, None] = {}  # ordered set
@@ -45,7 +48,13 @@ def main() -> None:
         for word in top_n_list("en", args.wordfreq):
             add(word)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("".join(w + "\n" for w in words), encoding="utf-8")
+    if args.counts:
+        from wordfreq import word_frequency
+
+        lines = [f"{w} {word_frequency(w, 'en') * 1e9:.1f}\n" for w in words]
+    else:
+        lines = [w + "\n" for w in words]
+    Path(args.out).write_text("".join(lines), encoding="utf-8")
     print(f"{args.out}: {len(words)} words ({from_manifests} from manifests, "
           f"{len(words) - from_manifests} more from wordfreq top {args.wordfreq})")
 

@@ -101,13 +101,15 @@ def test_word_spans_and_confidence_from_a_hand_made_matrix():
         assert second.confidence == pytest.approx((0.7 + 0.5) / 2, abs=1e-6)
 
 
-def test_lexicon_word_spans_without_space_between_words(cat_lm):
-    # "a" then "cat" with no space step between them: the lexicon decoder still splits them.
+def test_lexicon_words_are_separated_by_a_space_step(cat_lm):
+    # "a" then "cat" with no space between them: the decoder must spend the blank step on a
+    # space (as the acoustic model was trained to emit one), not glue lexicon words together.
     frames = peaky([A, BLANK, C, A, T])
     hyp = BeamSearchDecoder(VOCAB, BeamSearchOptions(lm_weight=1.0, word_score=2.0), lm=cat_lm)(
         frames[None], torch.tensor([5]))[0]
     assert hyp.text == "a cat"
     assert [(w.word, w.start, w.end) for w in hyp.words] == [("a", 0, 1), ("cat", 2, 5)]
+    assert hyp.token_ids == [A, SPACE, C, A, T] and hyp.frames == [0, 1, 2, 3, 4]
 
 
 def test_hypothesis_from_path_merges_repeats():

@@ -41,9 +41,13 @@ case $name in
   *) train_sets="train-960"; eval_sets="dev-clean dev-other test-clean test-other" ;;
 esac
 overrides=()
+# A config whose training manifest is *-sp.jsonl trains on speed-perturbed copies (0.9/1.0/1.1).
+speed_perturb=$(python -c "from asr.config import load_config; print(int(load_config('$conf').data.train_manifest.endswith('-sp.jsonl')))")
 if [ -n "$data_dir" ]; then
   data=$exp/data; eval_sets="dev"
-  overrides=(data.train_manifest=$data/manifests/train.jsonl data.valid_manifest=$data/manifests/dev.jsonl)
+  train_manifest=$data/manifests/train.jsonl
+  [ "$speed_perturb" = 1 ] && train_manifest=$data/manifests/train-sp.jsonl
+  overrides=(data.train_manifest=$train_manifest data.valid_manifest=$data/manifests/dev.jsonl)
 else
   overrides=(data.train_manifest=$(python -c "from asr.config import load_config; print(load_config('$conf').data.train_manifest.replace('data/librispeech', '$data'))")
              data.valid_manifest=$data/manifests/$(echo $eval_sets | cut -d' ' -f1).jsonl)
@@ -52,7 +56,8 @@ fi
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   echo "== stage 1: data"
   if [ -n "$data_dir" ]; then
-    asr prepare "$data_dir" $data/manifests/train.jsonl --dev-out $data/manifests/dev.jsonl --dev-speakers 2
+    sp_flag=""; [ "$speed_perturb" = 1 ] && sp_flag=--speed-perturb
+    asr prepare "$data_dir" $train_manifest --dev-out $data/manifests/dev.jsonl --dev-speakers 2 --seed 0 $sp_flag
   else
     asr prepare librispeech --subsets $train_sets $eval_sets --dest $data --speed-perturb --lm $mirror
   fi
