@@ -121,6 +121,6 @@ lines += ["", "| epoch | train min | train loss | valid WER % | valid CER % |", 
 lines += [f"| {m['epoch']} | {m['train_minutes']:.1f} | {m['train_loss']:.3f} | {100 * m['valid_wer']:.2f} | "
           f"{100 * m['valid_cer']:.2f} |" for m in history if "valid_wer" in m]
 (exp / "RESULTS.md").write_text("\n".join(lines) + "\n")
-print("\n".join(line for line in lines if line.startswith("| ") and "epoch" not in line)[:2000])
+print("\n".join(lines[4 : lines.index("", 4)]))  # the per-set table
 PY
 fi
