@@ -211,11 +211,8 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_lm(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from asr.data import read_manifest
     from asr.decoding import BeamSearchOptions, DecodingSettings, save_decoding_settings
-    from asr.lm import LanguageModelError
     from asr.transcribe import load_model
     from asr.tune import compute_emissions, fingerprint, load_emissions, save_emissions, tune_lm
 
@@ -240,12 +237,9 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
               f"WER {100 * row.words.rate:6.2f} %  CER {100 * row.chars.rate:6.2f} %", flush=True)
 
     print(f"{len(emissions.ids)} utterances; grid {len(args.lm_weights)} LM weights x {len(args.word_scores)} word scores")
-    try:
-        result = tune_lm(emissions, recognizer, base, args.lm_weights, args.word_scores, args.workers, progress=show)
-    except LanguageModelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    g, best = result.greedy, min(result.rows, key=lambda r: (r.words.rate, r.chars.rate))
+    result = tune_lm(emissions, recognizer.vocabulary, base, args.lm_weights, args.word_scores, args.workers,
+                     progress=show)
+    g, best = result.greedy, result.best_row
     print(f"greedy: WER {100 * g.words.rate:.2f} %, CER {100 * g.chars.rate:.2f} %")
     print(f"best:   WER {100 * best.words.rate:.2f} %, CER {100 * best.chars.rate:.2f} % at lm_weight {best.lm_weight:g}, "
           f"word_score {best.word_score:g} (beam {args.beam})")

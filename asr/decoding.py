@@ -46,6 +46,8 @@ class Hypothesis:
 class Decoder(Protocol):
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]: ...
 
+    def decode_matrix(self, log_probs: np.ndarray) -> list[Hypothesis]: ...
+
 
 # --------------------------------------------------------------------------- paths -> words
 
@@ -124,17 +126,17 @@ class GreedyDecoder:
     def __init__(self, vocabulary: CharVocabulary) -> None:
         self.vocabulary = vocabulary
 
+    def decode_matrix(self, log_probs: np.ndarray) -> list[Hypothesis]:
+        """The best path of one utterance's (T, V) log-probabilities (a one-element list, as
+        :meth:`BeamSearchDecoder.decode_matrix` returns its n-best)."""
+        path = log_probs.argmax(axis=1)  # (T,)
+        score = float(np.take_along_axis(log_probs, path[:, None], axis=1).sum())
+        return [hypothesis_from_path(path.tolist(), log_probs, self.vocabulary, score)]
+
     @torch.no_grad()
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
-        best_scores, best_ids = log_probs.float().max(dim=-1)  # (B, T), (B, T)
-        steps = torch.arange(log_probs.shape[1], device=log_probs.device)[None, :]  # (1, T)
-        valid = steps < lengths.to(log_probs.device)[:, None]  # (B, T)
-        path_scores = (best_scores * valid).sum(dim=1)  # (B,)
         matrices = log_probs.float().cpu().numpy()
-        hypotheses = []
-        for row, ids, length, score in zip(matrices, best_ids.cpu().tolist(), lengths.tolist(), path_scores.tolist()):
-            hypotheses.append(hypothesis_from_path(ids[:length], row[:length], self.vocabulary, score))
-        return hypotheses
+        return [self.decode_matrix(m[:length])[0] for m, length in zip(matrices, lengths.tolist())]
 
 
 # --------------------------------------------------------------------------- beam search
@@ -214,7 +216,7 @@ class BeamSearchDecoder:
     - neither: lexicon-free beam search over characters.
 
     The flashlight objects are built on first use and not pickled, so a decoder can be sent
-    to worker processes (:func:`decode_in_parallel`).
+    to worker processes (:class:`ParallelDecoder`).
     """
 
     def __init__(
@@ -356,10 +358,10 @@ def _first_line(error: Exception) -> str:
 
 # --------------------------------------------------------------------------- parallel decoding
 
-_worker_decoder: BeamSearchDecoder | None = None
+_worker_decoder: Decoder | None = None
 
 
-def _init_worker(decoder: BeamSearchDecoder) -> None:
+def _init_worker(decoder: Decoder) -> None:
     global _worker_decoder
     _worker_decoder = decoder
 
@@ -374,11 +376,12 @@ class ParallelDecoder:
 
     The acoustic model used every core for the emissions before, so the two phases do not
     compete. Workers are forked: they run only NumPy and flashlight code (no torch ops, whose
-    OpenMP pool is not fork-safe), and each builds its own decoder, loading the LM once.
-    Use as a context manager; with ``workers <= 1`` everything runs in this process.
+    OpenMP pool is not fork-safe), and inherit the parent's decoder, so the LM is loaded once
+    and shared copy-on-write. Use as a context manager; with ``workers <= 1`` everything runs
+    in this process (any :class:`Decoder`).
     """
 
-    def __init__(self, decoder: BeamSearchDecoder, workers: int) -> None:
+    def __init__(self, decoder: Decoder, workers: int) -> None:
         self.decoder = decoder
         self.workers = workers
         self._pool = None

@@ -114,9 +114,21 @@ class SpeechRecognizer:
             log_probs, output_lengths = self.model(features, frame_lengths)
         return log_probs.float(), output_lengths
 
-    def recognize_waveforms(self, waveforms: Sequence[torch.Tensor]) -> list[Hypothesis]:
-        """Decode one batch of mono float waveforms at the model's sample rate."""
-        return self.decoder(*self.emissions(waveforms))
+    def emission_matrices(self, waveforms: Sequence[torch.Tensor]) -> list[np.ndarray | str]:
+        """(T, V) log-probabilities per waveform, in input order, computed in length-sorted
+        batches; a batch that fails (e.g. out of memory) gives its waveforms an error string."""
+        order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))  # similar lengths: little padding
+        results: list[np.ndarray | str] = [""] * len(waveforms)
+        for batch in _batches_by_duration(order, [len(w) for w in waveforms], self.sample_rate):
+            try:
+                log_probs, lengths = self.emissions([waveforms[i] for i in batch])
+            except RuntimeError as err:  # report, go on with the other batches
+                for i in batch:
+                    results[i] = f"recognition failed: {err}"
+                continue
+            for i, matrix, length in zip(batch, log_probs.cpu().numpy(), lengths.tolist()):
+                results[i] = matrix[:length]
+        return results
 
     def transcribe(self, paths: Iterable[str | Path]) -> list[Transcription]:
         """Transcribe files; a file that cannot be read gets ``error`` set, the rest go on.
@@ -127,8 +139,9 @@ class SpeechRecognizer:
         """
         paths = [str(p) for p in paths]
         results: list[Transcription | None] = [None] * len(paths)
-        parallel = isinstance(self.decoder, BeamSearchDecoder) and self.workers > 1
-        with ParallelDecoder(self.decoder, self.workers if parallel else 1) as beam_pool:
+        # Greedy decoding is too cheap to ship to worker processes.
+        workers = self.workers if isinstance(self.decoder, BeamSearchDecoder) else 1
+        with ParallelDecoder(self.decoder, workers) as decoder:
             group: list[tuple[int, str, torch.Tensor]] = []
             group_samples = 0
             for index, path in enumerate(paths):
@@ -140,42 +153,28 @@ class SpeechRecognizer:
                 group.append((index, path, waveform))
                 group_samples += len(waveform)
                 if len(group) >= FILES_PER_GROUP or group_samples >= GROUP_SECONDS * self.sample_rate:
-                    self._recognize_group(group, results, beam_pool if parallel else None)
+                    self._recognize_group(group, results, decoder)
                     group, group_samples = [], 0
             if group:
-                self._recognize_group(group, results, beam_pool if parallel else None)
+                self._recognize_group(group, results, decoder)
         return results  # type: ignore[return-value]  (every slot is filled)
 
     def _recognize_group(self, files: list[tuple[int, str, torch.Tensor]], results: list[Transcription | None],
-                         beam_pool: ParallelDecoder | None) -> None:
+                         decoder: ParallelDecoder) -> None:
         # Pieces: whole short files, or windows of long ones.
-        pieces: list[tuple[int, Window, torch.Tensor]] = []
+        pieces: list[tuple[int, Window]] = []
+        waveforms: list[torch.Tensor] = []
         for index, _, waveform in files:
             for window in plan_windows(waveform.numpy(), self.sample_rate, self.window_seconds):
-                pieces.append((index, window, waveform[window.start : window.end]))
-        # Similar lengths together keep padding (wasted LSTM steps) small.
-        pieces.sort(key=lambda piece: len(piece[2]))
+                pieces.append((index, window))
+                waveforms.append(waveform[window.start : window.end])
+        matrices = self.emission_matrices(waveforms)
+        failed = {index: m for (index, _), m in zip(pieces, matrices) if isinstance(m, str)}
+        good = [(piece, m) for piece, m in zip(pieces, matrices) if piece[0] not in failed]
+        hypotheses = [nbest[0] for nbest in decoder.decode([m for _, m in good])]
         decoded: dict[int, list[tuple[Window, Hypothesis]]] = {index: [] for index, _, _ in files}
-        failed: dict[int, str] = {}
-        pending: list[tuple[int, Window, np.ndarray]] = []  # for the worker pool
-        for batch in _batches_by_duration(pieces, self.sample_rate):
-            try:
-                log_probs, lengths = self.emissions([w for _, _, w in batch])
-                if beam_pool is None:
-                    hypotheses = self.decoder(log_probs, lengths)
-            except RuntimeError as err:  # e.g. out of memory on one huge batch: report, go on
-                failed.update({index: f"recognition failed: {err}" for index, _, _ in batch})
-                continue
-            if beam_pool is None:
-                for (index, window, _), hypothesis in zip(batch, hypotheses):
-                    decoded[index].append((window, hypothesis))
-            else:
-                matrices = log_probs.cpu().numpy()
-                pending += [(index, window, matrix[:length])
-                            for (index, window, _), matrix, length in zip(batch, matrices, lengths.tolist())]
-        if pending:
-            for (index, window, _), nbest in zip(pending, beam_pool.decode([m for *_, m in pending])):
-                decoded[index].append((window, nbest[0]))
+        for ((index, window), _), hypothesis in zip(good, hypotheses):
+            decoded[index].append((window, hypothesis))
         for index, path, waveform in files:
             duration = len(waveform) / self.sample_rate
             if index in failed:
@@ -244,14 +243,15 @@ def plan_windows(samples: np.ndarray, sample_rate: int, max_seconds: float = LON
     return windows
 
 
-def _batches_by_duration(items: list[tuple[int, object, torch.Tensor]], sample_rate: int):
-    batch: list[tuple[int, object, torch.Tensor]] = []
-    for item in items:
+def _batches_by_duration(order: list[int], lengths: list[int], sample_rate: int):
+    """Consecutive runs of ``order`` (indices sorted by length) of at most BATCH_SECONDS padded audio."""
+    batch: list[int] = []
+    for index in order:
         # Sorted ascending, so the newest item is the longest: padded cost = count * its length.
-        if batch and (len(batch) + 1) * len(item[2]) / sample_rate > BATCH_SECONDS:
+        if batch and (len(batch) + 1) * lengths[index] / sample_rate > BATCH_SECONDS:
             yield batch
             batch = []
-        batch.append(item)
+        batch.append(index)
     if batch:
         yield batch
 

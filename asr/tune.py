@@ -19,8 +19,9 @@ import torch
 from asr.audio import AudioError, load_audio
 from asr.data import Utterance
 from asr.decoding import BeamSearchDecoder, DecodingSettings, GreedyDecoder, ParallelDecoder, build_decoder
-from asr.metrics import ErrorCounts, score_utterances
-from asr.transcribe import SpeechRecognizer, _batches_by_duration
+from asr.metrics import ErrorCounts, error_counts
+from asr.text import CharVocabulary
+from asr.transcribe import SpeechRecognizer
 
 
 @dataclass
@@ -41,21 +42,17 @@ def fingerprint(checkpoint: str | Path, utterances: Sequence[Utterance]) -> str:
 
 
 def compute_emissions(recognizer: SpeechRecognizer, utterances: Sequence[Utterance], fingerprint: str) -> Emissions:
-    loaded, failed = [], []
-    for index, utt in enumerate(utterances):
+    kept: list[tuple[Utterance, torch.Tensor]] = []
+    failed = []
+    for utt in utterances:
         try:
-            loaded.append((index, utt.id, torch.from_numpy(load_audio(utt.audio, recognizer.sample_rate))))
+            kept.append((utt, torch.from_numpy(load_audio(utt.audio, recognizer.sample_rate))))
         except AudioError as err:
             failed.append(f"{utt.id}: {err}")
-    loaded.sort(key=lambda item: len(item[2]))
-    by_index: dict[int, np.ndarray] = {}
-    for batch in _batches_by_duration(loaded, recognizer.sample_rate):
-        log_probs, lengths = recognizer.emissions([w for _, _, w in batch])
-        for (index, _, _), matrix, length in zip(batch, log_probs.cpu().numpy(), lengths.tolist()):
-            by_index[index] = matrix[:length].copy()
-    order = sorted(by_index)
-    return Emissions([utterances[i].id for i in order], [utterances[i].text for i in order],
-                     [by_index[i] for i in order], fingerprint, failed)
+    matrices = recognizer.emission_matrices([waveform for _, waveform in kept])
+    failed += [f"{utt.id}: {m}" for (utt, _), m in zip(kept, matrices) if isinstance(m, str)]
+    ok = [(utt, m) for (utt, _), m in zip(kept, matrices) if not isinstance(m, str)]
+    return Emissions([u.id for u, _ in ok], [u.text for u, _ in ok], [m for _, m in ok], fingerprint, failed)
 
 
 def save_emissions(path: str | Path, emissions: Emissions) -> None:
@@ -91,19 +88,18 @@ class TuningRow:
 class TuningResult:
     greedy: TuningRow  # the baseline, for reference
     rows: list[TuningRow]  # every pair tried
-    best: DecodingSettings  # the pair with the lowest WER (then CER), ready to save
+    best_row: TuningRow  # the pair with the lowest WER (then CER) ...
+    best: DecodingSettings  # ... as settings, ready to save
 
 
 def score(emissions: Emissions, texts: Sequence[str], lm_weight: float = 0.0, word_score: float = 0.0) -> TuningRow:
-    scores = score_utterances(emissions.ids, emissions.references, list(texts))
-    words = sum((s.words for s in scores), ErrorCounts(0, 0, 0, 0))
-    chars = sum((s.chars for s in scores), ErrorCounts(0, 0, 0, 0))
-    return TuningRow(lm_weight, word_score, words, chars)
+    references, texts = emissions.references, list(texts)
+    return TuningRow(lm_weight, word_score, error_counts(references, texts, "word"), error_counts(references, texts, "char"))
 
 
 def tune_lm(
     emissions: Emissions,
-    recognizer: SpeechRecognizer,
+    vocabulary: CharVocabulary,
     base: DecodingSettings,
     lm_weights: Sequence[float],
     word_scores: Sequence[float],
@@ -111,10 +107,8 @@ def tune_lm(
     progress=None,
 ) -> TuningResult:
     """Grid search of LM weight x word score; the LM and lexicon are loaded once."""
-    vocabulary = recognizer.vocabulary
     greedy = GreedyDecoder(vocabulary)
-    greedy_texts = [greedy(torch.from_numpy(m)[None], torch.tensor([len(m)]))[0].text for m in emissions.matrices]
-    baseline = score(emissions, greedy_texts)
+    baseline = score(emissions, [greedy.decode_matrix(m)[0].text for m in emissions.matrices])
     template = build_decoder(vocabulary, replace(base, method="beam"))
     assert isinstance(template, BeamSearchDecoder)
     rows: list[TuningRow] = []
@@ -128,4 +122,4 @@ def tune_lm(
             progress(rows[-1])
     best = min(rows, key=lambda r: (r.words.rate, r.chars.rate))
     settings = replace(base, method="beam", beam=replace(base.beam, lm_weight=best.lm_weight, word_score=best.word_score))
-    return TuningResult(baseline, rows, settings)
+    return TuningResult(baseline, rows, best, settings)

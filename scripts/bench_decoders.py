@@ -82,7 +82,7 @@ def main() -> None:
         print(f"{name:12s} beam {beam!s:>4} LM {rows[-1][2]:3s} {ms:8.2f} ms/utt  WER {rows[-1][4]:6.2f} %", flush=True)
 
     greedy = GreedyDecoder(vocabulary)
-    texts, ms = timed(lambda m: greedy(torch.from_numpy(m)[None], torch.tensor([len(m)]))[0].text, matrices, args.repeats)
+    texts, ms = timed(lambda m: greedy.decode_matrix(m)[0].text, matrices, args.repeats)
     add("greedy", "-", False, texts, ms)
     ours_free = BeamSearchDecoder(vocabulary, BeamSearchOptions())
     ours_lm = BeamSearchDecoder(vocabulary, BeamSearchOptions(lm_weight=lm_weight, word_score=word_score),
