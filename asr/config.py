@@ -39,6 +39,10 @@ class FeatureConfig:
     f_min: float = 0.0  # lowest mel filter edge, Hz
     f_max: float | None = None  # highest edge, Hz; None = Nyquist
     log_floor: float = 1e-10  # power floor before the log, keeps silence finite
+    # global: one mean/std from the training data. utterance: first subtract each utterance's
+    # own per-band mean (cepstral mean normalisation), which removes the channel and much of
+    # the speaker's spectral tilt; the global std then scales what is left.
+    normalization: Literal["global", "utterance"] = "global"
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,9 @@ class SpecAugmentConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     subsampling: Literal["stack", "conv"] = "stack"  # frame stacking, or strided 2-D convolutions
-    subsampling_factor: int = 3  # frames merged per output step; conv needs a power of two
+    subsampling_factor: int = 3  # frames merged per output step (10 ms each)
     conv_channels: int = 32  # channels of the convolutional front end (subsampling=conv only)
+    conv_layers: int = 2  # conv blocks; time strides are the factor's primes, in the last blocks
     cell: Literal["lstm", "gru", "rnn"] = "lstm"  # recurrent cell; gru/rnn exist to measure the LSTM
     num_layers: int = 4  # stacked bidirectional layers
     hidden_size: int = 320  # units per direction

@@ -102,6 +102,15 @@ class GlobalNormalizer(nn.Module):
         return (features - self.mean) / self.std
 
 
+def subtract_utterance_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Subtract each utterance's per-band mean over its valid frames; padding stays zero."""
+    frames = torch.arange(features.shape[1], device=features.device)
+    valid = (frames[None, :] < lengths[:, None])[:, :, None]  # (B, T, 1)
+    total = (features * valid).sum(dim=1, keepdim=True)  # (B, 1, F)
+    mean = total / lengths.clamp_min(1)[:, None, None].to(features.dtype)  # (B, 1, F)
+    return (features - mean) * valid
+
+
 class StatsAccumulator:
     """Running per-band sums over the valid frames of padded batches (float64, no overflow)."""
 
@@ -167,11 +176,19 @@ class FeatureFrontend(nn.Module):
 
     def __init__(self, config: FeatureConfig) -> None:
         super().__init__()
+        self.per_utterance_mean = config.normalization == "utterance"
         self.log_mel = LogMel(config)
         self.normalizer = GlobalNormalizer(config.n_mels)
+
+    def unnormalized(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features before the global statistics: what those statistics are estimated on."""
+        features, frame_lengths = self.log_mel(waveforms, lengths)
+        if self.per_utterance_mean:
+            features = subtract_utterance_mean(features, frame_lengths)
+        return features, frame_lengths
 
     @torch.no_grad()
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, num_samples), (B,) -> (B, T, n_mels) normalised features, (B,) frame lengths."""
-        features, frame_lengths = self.log_mel(waveforms, lengths)
+        features, frame_lengths = self.unnormalized(waveforms, lengths)
         return self.normalizer(features), frame_lengths

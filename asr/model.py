@@ -5,8 +5,6 @@ Loss, decoding and feature extraction live elsewhere (train.py, decoding.py, fea
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -44,26 +42,43 @@ class StackingSubsampler(nn.Module):
         return x, torch.div(lengths + self.factor - 1, self.factor, rounding_mode="floor")
 
 
-class ConvSubsampler(nn.Module):
-    """Strided 3x3 Conv2d blocks over (time, frequency), each halving time and frequency.
+def prime_factors(n: int) -> list[int]:
+    """Prime factors in ascending order: 12 -> [2, 2, 3]."""
+    factors, divisor = [], 2
+    while n > 1:
+        while n % divisor == 0:
+            factors.append(divisor)
+            n //= divisor
+        divisor += 1
+    return factors
 
-    Odd kernels with 'same' padding give ``ceil(T / 2)`` per block, like frame stacking.
-    Frames beyond each utterance's length are zeroed before every block so that padding
-    never leaks into valid frames.
+
+class ConvSubsampler(nn.Module):
+    """Strided 3x3 Conv2d blocks over (time, frequency), each halving frequency.
+
+    The time strides are the prime factors of ``factor`` (3 -> 3, 4 -> 2, 2, 6 -> 2, 3), given
+    to the last blocks; earlier blocks keep the frame rate, so ``num_blocks`` can exceed the
+    number of factors. With 'same' padding a block of stride s gives ``ceil(T / s)`` frames,
+    like frame stacking. Frames beyond each utterance's length are zeroed before every block
+    so that padding never leaks into valid frames.
     """
 
-    def __init__(self, input_dim: int, factor: int, channels: int) -> None:
+    def __init__(self, input_dim: int, factor: int, channels: int, num_blocks: int) -> None:
         super().__init__()
-        if factor < 2 or factor & (factor - 1):
-            raise ValueError(f"conv subsampling needs a power-of-two factor, got {factor}")
-        self.num_blocks = int(math.log2(factor))
+        strides = prime_factors(factor)
+        if not strides or len(strides) > num_blocks:
+            raise ValueError(
+                f"conv subsampling by {factor} needs {len(strides) or 1} to {num_blocks} strided blocks;"
+                f" raise model.conv_layers (now {num_blocks}) or use a factor >= 2"
+            )
+        self.time_strides = [1] * (num_blocks - len(strides)) + strides
         blocks = []
         in_channels = 1
         freq = input_dim
-        for _ in range(self.num_blocks):
+        for stride in self.time_strides:
             blocks.append(
                 nn.Sequential(
-                    nn.Conv2d(in_channels, channels, kernel_size=3, stride=2, padding=1),
+                    nn.Conv2d(in_channels, channels, kernel_size=3, stride=(stride, 2), padding=1),
                     nn.BatchNorm2d(channels),
                     nn.GELU(),
                 )
@@ -75,10 +90,10 @@ class ConvSubsampler(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.unsqueeze(1)  # (B, 1, T, F)
-        for block in self.blocks:
+        for block, stride in zip(self.blocks, self.time_strides):
             mask = torch.arange(x.shape[2], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
-            x = block(x * mask[:, None, :, None])  # (B, C, ceil(T / 2), ceil(F / 2))
-            lengths = torch.div(lengths + 1, 2, rounding_mode="floor")
+            x = block(x * mask[:, None, :, None])  # (B, C, ceil(T / stride), ceil(F / 2))
+            lengths = torch.div(lengths + stride - 1, stride, rounding_mode="floor")
         batch, channels, time, freq = x.shape
         x = x.permute(0, 2, 1, 3).reshape(batch, time, channels * freq)  # (B, T', C * F')
         return x, lengths
@@ -123,7 +138,9 @@ class AcousticModel(nn.Module):
         if config.subsampling == "stack":
             self.subsampler: nn.Module = StackingSubsampler(input_dim, config.subsampling_factor)
         else:
-            self.subsampler = ConvSubsampler(input_dim, config.subsampling_factor, config.conv_channels)
+            self.subsampler = ConvSubsampler(
+                input_dim, config.subsampling_factor, config.conv_channels, config.conv_layers
+            )
         layer_inputs = [self.subsampler.output_dim] + [2 * config.hidden_size] * (config.num_layers - 1)
         self.layers = nn.ModuleList(
             BidirectionalRNN(config.cell, size, config.hidden_size) for size in layer_inputs

@@ -155,13 +155,13 @@ def make_loader(
 def estimate_normalizer(
     frontend: FeatureFrontend, dataset: SpeechDataset, config: ExperimentConfig, device: torch.device
 ) -> None:
-    """Fit the global mean/std on (a seeded subset of) the training audio."""
+    """Fit the global mean/std on (a seeded subset of) the training audio, after any per-utterance mean."""
     count = min(len(dataset), config.data.stats_utterances)
     chosen = sorted(random.Random(config.train.seed).sample(range(len(dataset)), count))
     stats = StatsAccumulator(config.features.n_mels)
     for start in tqdm(range(0, count, 16), desc="normalisation stats", leave=False, disable=None):
         batch = collate([dataset[i] for i in chosen[start : start + 16]])
-        features, lengths = frontend.log_mel(batch.waveforms.to(device), batch.waveform_lengths.to(device))
+        features, lengths = frontend.unnormalized(batch.waveforms.to(device), batch.waveform_lengths.to(device))
         stats.add(features, lengths)
     mean, std = stats.result()
     frontend.normalizer.mean.copy_(mean)
@@ -520,7 +520,10 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
                                     config, run.device))
             run.board.scalars({f"valid/{k[6:]}": metrics[k] for k in ("valid_loss", "valid_wer", "valid_cer")},
                               state.step)
-            log(f"epoch {state.epoch}: train loss {metrics['train_loss']:.3f}, valid loss "
+            # A run stopped by max_minutes/max_steps inside an epoch reports that partial epoch.
+            label = str(state.epoch) if state.batch_in_epoch == 0 else (
+                f"{state.epoch + 1} (stopped after {state.batch_in_epoch} batches)")
+            log(f"epoch {label}: train loss {metrics['train_loss']:.3f}, valid loss "
                 f"{metrics['valid_loss']:.3f}, WER {100 * metrics['valid_wer']:.2f} %, CER "
                 f"{100 * metrics['valid_cer']:.2f} % ({metrics['train_minutes']:.1f} min, "
                 f"{metrics['audio_seconds_per_second']:.0f} audio-s/s)")

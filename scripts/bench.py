@@ -2,6 +2,7 @@
 
     python scripts/bench.py CKPT DEV.jsonl [--lm LM.arpa --lexicon WORDS] [--out BENCHMARKS.md]
     python scripts/bench.py CKPT DEV.jsonl --only gemm,training     # a subset of sections
+    python scripts/bench.py CKPT DEV.jsonl --only training --model-sizes 4x256,4x320,5x256  # sizes
 
 Sections: gemm (the machine's fp32/bf16 matrix-product FLOP/s), features (log-mel speed, one
 thread), training (audio-s/s and FLOP/s of a training step for the CPU recipe model and the
@@ -100,12 +101,17 @@ def lstm_flops_per_output_step(model: AcousticModel, vocab: int) -> float:
     return 2 * (recurrent + 2 * hidden * vocab)
 
 
-def bench_training(manifest: str | None, peaks: dict[str, float], repeats: int) -> None:
+def bench_training(manifest: str | None, peaks: dict[str, float], repeats: int, model_sizes: list[str]) -> None:
     from asr.train import autocast, ctc_loss
 
     torch.manual_seed(0)
-    for name, path in RECIPE_CONFIGS.items():
-        config = load_config(path)
+    configs = {name: load_config(path) for name, path in RECIPE_CONFIGS.items()}
+    for size in model_sizes:  # "4x256": cpu-small with 4 layers of 256 units per direction
+        layers, hidden = (int(n) for n in size.split("x"))
+        configs[f"cpu-small {size}"] = load_config(
+            RECIPE_CONFIGS["cpu-small"], [f"model.num_layers={layers}", f"model.hidden_size={hidden}"]
+        )
+    for name, config in configs.items():
         frontend = FeatureFrontend(config.features)
         model = AcousticModel(config.model, config.features.n_mels, 29)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -292,6 +298,7 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=40, help="utterances for the inference sections")
     parser.add_argument("--long-minutes", type=float, default=60.0)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model-sizes", default="", help="training section: also these LAYERSxHIDDEN, e.g. 4x256,5x256")
     parser.add_argument("--only", default="gemm,features,training,inference,pocketsphinx,long")
     parser.add_argument("--out", help="write the table (markdown) here, e.g. BENCHMARKS.md")
     args = parser.parse_args()
@@ -301,7 +308,7 @@ def main() -> None:
     if "features" in sections:
         bench_features(args.repeats)
     if "training" in sections:
-        bench_training(args.manifest, peaks, max(3, args.repeats // 2))
+        bench_training(args.manifest, peaks, max(3, args.repeats // 2), [s for s in args.model_sizes.split(",") if s])
     rtf = None
     if "inference" in sections:
         rtf = bench_inference(args.checkpoint, utterances, args.lm, args.lexicon)["fp32_1"]

@@ -68,3 +68,19 @@ def test_spec_augment_masks_inside_lengths_and_can_be_disabled():
         time_masked = (masked[b, :length, band_kept] == 0).all(dim=1).sum().item()
         assert time_masked <= 2 * min(40, 0.2 * length)
     assert spec_augment(features, lengths, SpecAugmentConfig(enabled=False)) is features
+
+
+def test_utterance_mean_normalisation_removes_gain_and_ignores_padding():
+    frontend = FeatureFrontend(FeatureConfig(normalization="utterance"))
+    short, long = torch.from_numpy(speechlike(0.7, 1)), torch.from_numpy(speechlike(1.6, 2))
+    batch = torch.zeros(2, len(long))
+    batch[0, : len(short)] = short
+    batch[1] = long
+    features, lengths = frontend(batch, torch.tensor([len(short), len(long)]))
+    alone, _ = frontend(short[None], torch.tensor([len(short)]))
+    torch.testing.assert_close(features[0, : lengths[0]], alone[0], atol=1e-4, rtol=1e-4)
+    assert features[0, lengths[0] :].abs().max() == 0  # padding stays zero
+    torch.testing.assert_close(features[0, : lengths[0]].mean(0), torch.zeros(80), atol=1e-4, rtol=0)
+    # A recording level (a constant gain, a constant offset in log-mel) no longer matters.
+    louder, _ = frontend(4.0 * short[None], torch.tensor([len(short)]))
+    torch.testing.assert_close(louder, alone, atol=1e-3, rtol=1e-3)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -11,7 +13,9 @@ def test_reverse_within_lengths():
     assert out[:, :, 0].tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
 
 
-@pytest.mark.parametrize("subsampling, factor", [("stack", 3), ("stack", 4), ("conv", 4), ("conv", 2)])
+@pytest.mark.parametrize(
+    "subsampling, factor", [("stack", 3), ("stack", 4), ("conv", 4), ("conv", 2), ("conv", 3), ("conv", 6)]
+)
 def test_output_lengths_for_odd_inputs(subsampling, factor):
     model = AcousticModel(ModelConfig(subsampling=subsampling, subsampling_factor=factor, num_layers=1,
                                       hidden_size=16), input_dim=80, vocab_size=29).eval()
@@ -24,14 +28,15 @@ def test_output_lengths_for_odd_inputs(subsampling, factor):
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(4, expected.max().item()))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_padded_equals_packed_and_batch_invariance(cell):
+@pytest.mark.parametrize("cell, subsampling", [("lstm", "stack"), ("gru", "stack"), ("rnn", "stack"), ("lstm", "conv")])
+def test_padded_equals_packed_and_batch_invariance(cell, subsampling):
     torch.manual_seed(0)
-    model = AcousticModel(ModelConfig(cell=cell, num_layers=2, hidden_size=24, dropout=0.0), 20, 10).eval()
-    features = torch.randn(3, 30, 20)
-    lengths = torch.tensor([30, 17, 5])
+    config = ModelConfig(subsampling=subsampling, cell=cell, num_layers=2, hidden_size=24, dropout=0.0)
+    model = AcousticModel(config, 20, 10).eval()
+    features = torch.randn(3, 31, 20)
+    lengths = torch.tensor([31, 17, 5])
     padded, out_lengths = model(features, lengths)
-    model.config = ModelConfig(cell=cell, num_layers=2, hidden_size=24, dropout=0.0, rnn_input="packed")
+    model.config = dataclasses.replace(config, rnn_input="packed")
     packed, _ = model(features, lengths)
     for b, n in enumerate(out_lengths.tolist()):
         torch.testing.assert_close(padded[b, :n], packed[b, :n], atol=1e-5, rtol=1e-5)
@@ -40,6 +45,8 @@ def test_padded_equals_packed_and_batch_invariance(cell):
         torch.testing.assert_close(padded[b, :n], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_conv_subsampling_rejects_non_power_of_two():
-    with pytest.raises(ValueError, match="power-of-two"):
-        AcousticModel(ModelConfig(subsampling="conv", subsampling_factor=3), 80, 29)
+def test_conv_subsampling_puts_time_strides_in_the_last_blocks():
+    model = AcousticModel(ModelConfig(subsampling="conv", subsampling_factor=3, conv_layers=2), 80, 29)
+    assert model.subsampler.time_strides == [1, 3]
+    with pytest.raises(ValueError, match="conv_layers"):
+        AcousticModel(ModelConfig(subsampling="conv", subsampling_factor=12, conv_layers=2), 80, 29)
