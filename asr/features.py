@@ -102,10 +102,14 @@ class GlobalNormalizer(nn.Module):
         return (features - self.mean) / self.std
 
 
+def valid_frames(lengths: torch.Tensor, max_length: int, device: torch.device) -> torch.Tensor:
+    """(B,) lengths -> (B, max_length) bool mask, True on each sequence's frames, False on padding."""
+    return torch.arange(max_length, device=device)[None, :] < lengths.to(device)[:, None]
+
+
 def subtract_utterance_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Subtract each utterance's per-band mean over its valid frames; padding stays zero."""
-    frames = torch.arange(features.shape[1], device=features.device)
-    valid = (frames[None, :] < lengths[:, None])[:, :, None]  # (B, T, 1)
+    valid = valid_frames(lengths, features.shape[1], features.device)[:, :, None]  # (B, T, 1)
     total = (features * valid).sum(dim=1, keepdim=True)  # (B, 1, F)
     mean = total / lengths.clamp_min(1)[:, None, None].to(features.dtype)  # (B, 1, F)
     return (features - mean) * valid
@@ -120,7 +124,7 @@ class StatsAccumulator:
         self.total_sq = torch.zeros(n_mels, dtype=torch.float64)
 
     def add(self, features: torch.Tensor, lengths: torch.Tensor) -> None:
-        mask = torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]  # (B, T)
+        mask = valid_frames(lengths, features.shape[1], features.device)  # (B, T)
         valid = features[mask].double().cpu()  # (num_valid_frames, n_mels)
         self.count += valid.shape[0]
         self.total += valid.sum(0)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asr.config import ModelConfig
+from asr.features import valid_frames
 
 RNN_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -35,7 +36,7 @@ class StackingSubsampler(nn.Module):
         batch, time, channels = x.shape
         # Zero the frames past each length: the last output step of a short utterance must
         # stack the same values whether it is padded in a batch or alone.
-        x = x * (torch.arange(time, device=x.device)[None, :] < lengths.to(x.device)[:, None])[:, :, None]
+        x = x * valid_frames(lengths, time, x.device)[:, :, None]
         pad = -time % self.factor
         x = nn.functional.pad(x, (0, 0, 0, pad))  # (B, T + pad, C)
         x = x.reshape(batch, (time + pad) // self.factor, channels * self.factor)  # (B, T', C * factor)
@@ -91,7 +92,7 @@ class ConvSubsampler(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.unsqueeze(1)  # (B, 1, T, F)
         for block, stride in zip(self.blocks, self.time_strides):
-            mask = torch.arange(x.shape[2], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
+            mask = valid_frames(lengths, x.shape[2], x.device)  # (B, T)
             x = block(x * mask[:, None, :, None])  # (B, C, ceil(T / stride), ceil(F / 2))
             lengths = torch.div(lengths + stride - 1, stride, rounding_mode="floor")
         batch, channels, time, freq = x.shape
