@@ -88,7 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decoding (default: greedy, or the settings `asr tune-lm` stored beside the checkpoint)")
     group.add_argument("--beam", type=int, metavar="N", help="beam search with N hypotheses (default 50 with --lm/--lexicon)")
-    group.add_argument("--lm", help="KenLM word LM (ARPA, .arpa.gz or binary); implies beam search")
+    group.add_argument("--lm", help="KenLM word LM (ARPA, .arpa.gz or binary) or character LM (ARPA, "
+                       "`asr lm build --unit char`); implies beam search")
     group.add_argument("--lexicon", help="lexicon or word list limiting the words (default: the ARPA's words)")
     group.add_argument("--lm-weight", type=float, help="LM weight (default 1.0, or the tuned value)")
     group.add_argument("--word-score", type=float, help="score added per word (default 0, or the tuned value)")
@@ -204,8 +205,10 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
     from asr.lm import build_lm, read_word_counts
 
     counts = read_word_counts(args.unigram_counts) if args.unigram_counts else None
-    report = build_lm(args.text, args.order, args.out, prune=args.prune or (), unigram_counts=counts)
-    print(f"{report.path}: {args.order}-gram from {report.sentences} sentences, {report.words} words, "
+    report = build_lm(args.text, args.order, args.out, prune=args.prune or (), unigram_counts=counts,
+                      unit=args.unit, sampled_words=args.sampled_words)
+    unit = "character " if args.unit == "char" else ""
+    print(f"{report.path}: {unit}{args.order}-gram from {report.sentences} sentences, {report.words} words, "
           f"{report.vocabulary} distinct")
     return EXIT_OK
 
@@ -238,7 +241,7 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
 
     print(f"{len(emissions.ids)} utterances; grid {len(args.lm_weights)} LM weights x {len(args.word_scores)} word scores")
     result = tune_lm(emissions, recognizer.vocabulary, base, args.lm_weights, args.word_scores, args.workers,
-                     progress=show)
+                     progress=show, metric=args.metric)
     g, best = result.greedy, result.best_row
     print(f"greedy: WER {100 * g.words.rate:.2f} %, CER {100 * g.chars.rate:.2f} %")
     print(f"best:   WER {100 * best.words.rate:.2f} %, CER {100 * best.chars.rate:.2f} % at lm_weight {best.lm_weight:g}, "
@@ -329,10 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     lm = commands.add_parser("lm", help="language model tools").add_subparsers(dest="lm_command", required=True)
     lm_build = lm.add_parser("build", help="estimate an n-gram LM with KenLM's lmplz (scripts/build_kenlm.sh)")
     lm_build.add_argument("text", nargs="+", help="text files (one sentence per line) or JSONL manifests")
-    lm_build.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    lm_build.add_argument("--order", type=int, default=3, help="n-gram order, at most 6 (default 3; 6 suits a char LM)")
     lm_build.add_argument("--prune", type=int, nargs="*", help="lmplz --prune thresholds per order, e.g. 0 1 1")
-    lm_build.add_argument("--unigram-counts", help="'word count' lines: unseen words get a share of <unk>'s "
-                          "probability by count (e.g. scripts/make_wordlist.py --counts)")
+    lm_build.add_argument("--unit", choices=["word", "char"], default="word",
+                          help="word LM (lexicon decoding), or character LM: lexicon-free decoding that scores "
+                               "every character, for spelling (CER) without forcing whole words")
+    lm_build.add_argument("--unigram-counts", help="'word count' lines (e.g. scripts/make_wordlist.py --counts): "
+                          "word LM: unseen words get a share of <unk>'s probability by count; "
+                          "char LM: --sampled-words words drawn by count join the text")
+    lm_build.add_argument("--sampled-words", type=int, default=1_000_000,
+                          help="char LM with --unigram-counts: words to sample (default 1000000)")
     lm_build.add_argument("out", help="output model: .arpa, or .bin for a KenLM binary (needs --lexicon to decode)")
     lm_build.set_defaults(func=cmd_lm_build)
 
@@ -345,12 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune-lm", help="search LM weight and word score on a dev set; store the best")
     tune.add_argument("checkpoint")
     tune.add_argument("manifest", help="dev manifest (JSONL) with reference transcripts")
-    tune.add_argument("--lm", required=True, help="KenLM word LM")
+    tune.add_argument("--lm", required=True, help="KenLM word or character LM")
     tune.add_argument("--lexicon", help="lexicon or word list (default: the ARPA's words)")
     tune.add_argument("--lm-weights", type=float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
                       help="comma-separated grid (default 0,0.25,0.5,0.75,1,1.5,2)")
     tune.add_argument("--word-scores", type=float_list, default=[-2.0, -1.0, 0.0, 1.0, 2.0],
                       help="comma-separated grid, written --word-scores=-2,-1,0 (default -2,-1,0,1,2)")
+    tune.add_argument("--metric", choices=["wer", "cer"], default="wer",
+                      help="what the best pair minimises (default wer; cer suits a character LM)")
     tune.add_argument("--beam", type=int, default=100, help="beam size (default 100)")
     tune.add_argument("--beam-threshold", type=float, default=25.0)
     tune.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: cores)")

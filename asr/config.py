@@ -47,12 +47,23 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class SpecAugmentConfig:
-    enabled: bool = True  # masks are applied in training only, never in validation or inference
+    enabled: bool = True  # masks and warps are applied in training only, never in validation or inference
     freq_masks: int = 2  # number of frequency masks per utterance
     freq_width: int = 15  # maximum mel bands per frequency mask
     time_masks: int = 2  # number of time masks per utterance
     time_width: int = 40  # maximum frames per time mask ...
     time_width_ratio: float = 0.05  # ... and at most this fraction of the utterance
+    # VTLP (Jaitly & Hinton, 2013): each training utterance's frequency axis is scaled by a factor
+    # drawn uniformly from [1 - warp_factor, 1 + warp_factor] before the mel filter bank, as a
+    # different vocal-tract length would; a fresh factor every epoch. 0 turns it off.
+    warp_factor: float = 0.0
+    warp_boundary: float = 0.6  # fraction of Nyquist above which the warp bends back to Nyquist
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warp_factor < 1.0:
+            raise ConfigError(f"specaugment.warp_factor must be in [0, 1), got {self.warp_factor}")
+        if not 0.0 < self.warp_boundary < 1.0:
+            raise ConfigError(f"specaugment.warp_boundary must be in (0, 1), got {self.warp_boundary}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,10 @@ class ModelConfig:
     num_layers: int = 4  # stacked bidirectional layers
     hidden_size: int = 320  # units per direction
     dropout: float = 0.1  # between recurrent layers and before the output layer
+    # DropConnect on the recurrent (hidden-to-hidden) weights, one mask per batch (AWD-LSTM,
+    # Merity et al., 2018): regularises what the cell carries across time, which activation
+    # dropout between layers never touches. Training only; 0 = off.
+    weight_dropout: float = 0.0
     rnn_input: Literal["auto", "packed", "padded"] = "auto"  # auto: packed on CUDA, padded on CPU
 
 

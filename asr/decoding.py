@@ -148,7 +148,7 @@ class BeamSearchOptions:
     beam_size_token: int = 0  # labels tried per step, best first; 0 = the whole vocabulary
     beam_threshold: float = 25.0  # drop hypotheses scoring this much below the step's best
     lm_weight: float = 1.0  # weight of the word LM's log10 probability (0 = lexicon only)
-    word_score: float = 0.0  # added per word: > 0 favours more (shorter) words, < 0 fewer
+    word_score: float = 0.0  # added per word (with a char LM: per space): > 0 favours more words, < 0 fewer
     unk_score: float = -math.inf  # score of a word spelled outside the lexicon; -inf forbids them
     sil_score: float = 0.0  # added per space step between words
     log_add: bool = True  # merge equal hypotheses by log-sum-exp (sum over CTC paths) instead of max
@@ -160,7 +160,7 @@ class DecodingSettings:
     """How to decode: stored by ``asr tune-lm`` beside a checkpoint, read by transcribe/evaluate."""
 
     method: Literal["greedy", "beam"] = "greedy"  # best path, or flashlight beam search
-    lm: str | None = None  # KenLM word LM (ARPA or binary); None = no LM
+    lm: str | None = None  # KenLM word LM (ARPA or binary) or character LM (ARPA); None = no LM
     lexicon: str | None = None  # lexicon or word list; None = the ARPA's words (or lexicon-free)
     beam: BeamSearchOptions = BeamSearchOptions()  # beam search options
 
@@ -173,9 +173,17 @@ class DecodingSettings:
             parts.append(f"LM {self.lm} (weight {b.lm_weight:g}, word score {b.word_score:g})")
         if self.lexicon:
             parts.append(f"lexicon {self.lexicon}")
-        elif not self.lm:
+        elif not self.lm or self.uses_char_lm():
             parts.append("lexicon-free")
         return ", ".join(parts)
+
+    def uses_char_lm(self) -> bool:
+        from asr.lm import arpa_vocabulary, is_char_lm
+
+        try:
+            return bool(self.lm) and not self.lexicon and is_char_lm(arpa_vocabulary(self.lm))
+        except ValueError:  # unreadable or binary: reported when the decoder is built
+            return False
 
 
 def save_decoding_settings(path: str | Path, settings: DecodingSettings) -> None:
@@ -212,6 +220,9 @@ class BeamSearchDecoder:
 
     - ``lm`` (ARPA or KenLM binary) and a lexicon: words from the lexicon only, scored by the LM;
       without a lexicon the ARPA file's own vocabulary is the lexicon (spelling = characters).
+    - a character LM (an ARPA file whose words are characters and ``|``, see asr.lm) and no
+      lexicon: lexicon-free search over characters, each scored by the LM; ``word_score`` is
+      added at every space.
     - a lexicon and no LM: words from the lexicon, no LM score (``lm_weight`` is ignored).
     - neither: lexicon-free beam search over characters.
 
@@ -226,15 +237,19 @@ class BeamSearchDecoder:
         lm: str | Path | None = None,
         lexicon: Lexicon | None = None,
     ) -> None:
-        from asr.lm import LanguageModelError, arpa_vocabulary, lexicon_from_words
+        from asr.lm import LanguageModelError, arpa_vocabulary, is_char_lm, lexicon_from_words
 
         self.vocabulary = vocabulary
         self.options = options
         self.lm = str(lm) if lm is not None else None
         if self.lm is not None and not Path(self.lm).is_file():
             raise LanguageModelError(f"{self.lm}: language model file not found")
+        self.char_lm = False
         if self.lm is not None and lexicon is None:
-            lexicon = lexicon_from_words(arpa_vocabulary(self.lm), vocabulary)
+            arpa_words = arpa_vocabulary(self.lm)
+            self.char_lm = is_char_lm(arpa_words)
+            if not self.char_lm:
+                lexicon = lexicon_from_words(arpa_words, vocabulary)
         self.lexicon = lexicon
         self._engine = None  # (flashlight decoder, word list) once built
         self._shared = None  # (LM, trie, word list), built once, shared with with_options() copies
@@ -289,6 +304,22 @@ class BeamSearchDecoder:
         self._shared = (lm, trie, words)
         return self._shared
 
+    def _char_lm(self):
+        """The character LM, its words mapped onto the acoustic model's labels (shared, loaded once)."""
+        if self._shared is None:
+            from flashlight.lib.text.decoder.kenlm import KenLM
+            from flashlight.lib.text.dictionary import Dictionary
+
+            from asr.lm import CHAR_LM_SPACE, LanguageModelError
+
+            # Label i is LM word tokens[i]; the blank is never scored, so its name is irrelevant.
+            tokens = [CHAR_LM_SPACE if t == " " else t for t in self.vocabulary.tokens]
+            try:
+                self._shared = (KenLM(self.lm, Dictionary(tokens)), None, None)
+            except RuntimeError as err:
+                raise LanguageModelError(f"{self.lm}: KenLM cannot read this language model ({_first_line(err)})") from err
+        return self._shared[0]
+
     def _build(self):
         if self._engine is not None:
             return self._engine
@@ -305,9 +336,12 @@ class BeamSearchDecoder:
         space = self.vocabulary.tokens.index(" ")
         beam_size_token = o.beam_size_token or len(self.vocabulary)
         if self.lexicon is None:
-            options = LexiconFreeDecoderOptions(o.beam_size, beam_size_token, o.beam_threshold, 0.0, o.sil_score,
-                                                o.log_add, CriterionType.CTC)
-            decoder = LexiconFreeDecoder(options, ZeroLM(), space, self.vocabulary.blank_id, [])
+            lm, lm_weight, space_score = ZeroLM(), 0.0, o.sil_score
+            if self.char_lm:
+                lm, lm_weight, space_score = self._char_lm(), o.lm_weight, o.sil_score + o.word_score
+            options = LexiconFreeDecoderOptions(o.beam_size, beam_size_token, o.beam_threshold, lm_weight,
+                                                space_score, o.log_add, CriterionType.CTC)
+            decoder = LexiconFreeDecoder(options, lm, space, self.vocabulary.blank_id, [])
             self._engine = (decoder, None)
             return self._engine
         lm, trie, words = self._resources()

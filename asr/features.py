@@ -1,4 +1,4 @@
-"""Log-mel features in torch, global mean/variance normalisation, and SpecAugment.
+"""Log-mel features in torch, mean/variance normalisation, SpecAugment and VTLP.
 
 Everything here works on padded batches ``(B, num_samples)`` / ``(B, T, n_mels)`` with the
 lengths passed beside them, on CPU or GPU.
@@ -20,6 +20,43 @@ def num_frames(num_samples: torch.Tensor | int, hop_length: int) -> torch.Tensor
     return num_samples // hop_length + 1
 
 
+def mel_edges(config: FeatureConfig) -> torch.Tensor:
+    """The n_mels + 2 filter edge frequencies (Hz) of librosa's Slaney mel filter bank."""
+    f_max = config.f_max if config.f_max is not None else config.sample_rate / 2
+    edges = librosa.mel_frequencies(n_mels=config.n_mels + 2, fmin=config.f_min, fmax=f_max)
+    return torch.from_numpy(edges).float()
+
+
+def mel_filters_at(frequencies: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Slaney mel filter weights evaluated at arbitrary frequencies: (B, F) Hz -> (B, n_mels, F).
+
+    At the FFT bin frequencies this is ``librosa.filters.mel`` (tested); at warped frequencies
+    it is the filter bank a different vocal-tract length would see.
+    """
+    widths = edges.diff()  # (n_mels + 1,)
+    ramps = edges[None, :, None] - frequencies[:, None, :]  # (B, n_mels + 2, F)
+    rising = -ramps[:, :-2] / widths[:-1, None]  # (B, n_mels, F)
+    falling = ramps[:, 2:] / widths[1:, None]  # (B, n_mels, F)
+    area_norm = 2.0 / (edges[2:] - edges[:-2])  # Slaney: constant energy per filter
+    return torch.minimum(rising, falling).clamp_min(0) * area_norm[:, None]
+
+
+def warp_frequencies(
+    frequencies: torch.Tensor, factors: torch.Tensor, nyquist: float, boundary: float
+) -> torch.Tensor:
+    """VTLP's piecewise-linear warp (Jaitly & Hinton, 2013): (F,) Hz, (B,) factors -> (B, F) Hz.
+
+    Frequencies scale by the factor up to a knee, then a second line maps the rest onto
+    [knee * factor, nyquist], so the band edge stays put and nothing is pushed out of range.
+    """
+    alpha = factors[:, None].float()  # (B, 1)
+    f_hi = boundary * nyquist
+    knee = f_hi * alpha.clamp(max=1.0) / alpha  # (B, 1): where the two lines meet
+    below = frequencies[None, :] * alpha
+    above = nyquist - (nyquist - f_hi * alpha.clamp(max=1.0)) / (nyquist - knee) * (nyquist - frequencies[None, :])
+    return torch.where(frequencies[None, :] <= knee, below, above)
+
+
 class LogMel(nn.Module):
     """Batched 80-bin log-mel spectrogram: ``torch.stft`` + librosa's (Slaney) mel filter bank.
 
@@ -39,12 +76,24 @@ class LogMel(nn.Module):
             fmax=config.f_max,
         )  # (n_mels, n_fft // 2 + 1)
         self.register_buffer("mel_basis", torch.from_numpy(mel_basis), persistent=False)
+        self.register_buffer("mel_edges", mel_edges(config), persistent=False)
+        fft_freqs = torch.from_numpy(librosa.fft_frequencies(sr=config.sample_rate, n_fft=config.n_fft))
+        self.register_buffer("fft_freqs", fft_freqs.float(), persistent=False)
         # librosa's "hann" is the periodic (FFT) Hann window, as is torch's default.
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
 
+    def warped_basis(self, factors: torch.Tensor, boundary: float) -> torch.Tensor:
+        """(B,) VTLP factors -> (B, n_mels, n_fft // 2 + 1): one warped mel filter bank each."""
+        nyquist = self.config.sample_rate / 2
+        warped = warp_frequencies(self.fft_freqs, factors.to(self.fft_freqs.device), nyquist, boundary)  # (B, F)
+        return mel_filters_at(warped, self.mel_edges)
+
     @torch.no_grad()
-    def mel_power(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """(B, num_samples) float waveforms -> (B, T, n_mels) mel power spectrogram."""
+    def mel_power(self, waveforms: torch.Tensor, mel_basis: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, num_samples) float waveforms -> (B, T, n_mels) mel power spectrogram.
+
+        ``mel_basis`` replaces the filter bank, e.g. with per-utterance (B, n_mels, F) warped ones.
+        """
         if torch.onnx.is_in_onnx_export():
             return self._mel_power_real(waveforms)
         spec = torch.stft(
@@ -58,7 +107,7 @@ class LogMel(nn.Module):
             return_complex=True,
         )  # (B, n_fft // 2 + 1, T)
         power = spec.real.square() + spec.imag.square()
-        mel = torch.matmul(self.mel_basis, power)  # (B, n_mels, T)
+        mel = torch.matmul(self.mel_basis if mel_basis is None else mel_basis, power)  # (B, n_mels, T)
         return mel.transpose(1, 2)  # (B, T, n_mels)
 
     def _mel_power_real(self, waveforms: torch.Tensor) -> torch.Tensor:
@@ -80,9 +129,11 @@ class LogMel(nn.Module):
         return mel.transpose(1, 2)  # (B, T, n_mels)
 
     @torch.no_grad()
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, mel_basis: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, num_samples), (B,) -> log-mel (B, T, n_mels), frame lengths (B,)."""
-        log_mel = self.mel_power(waveforms).clamp_min(self.config.log_floor).log()
+        log_mel = self.mel_power(waveforms, mel_basis).clamp_min(self.config.log_floor).log()
         return log_mel, num_frames(lengths, self.config.hop_length)
 
 
@@ -175,6 +226,16 @@ def spec_augment(
     return features * keep
 
 
+def vtlp_filter_banks(
+    log_mel: LogMel, batch_size: int, config: SpecAugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor | None:
+    """One randomly warped mel filter bank per utterance (B, n_mels, F), or None when VTLP is off."""
+    if not config.enabled or config.warp_factor == 0:
+        return None
+    factors = 1.0 + config.warp_factor * (2.0 * torch.rand(batch_size, generator=generator) - 1.0)  # U[1-w, 1+w]
+    return log_mel.warped_basis(factors, config.warp_boundary)
+
+
 class FeatureFrontend(nn.Module):
     """Waveforms -> normalised log-mel features: the part of the model that is not learned."""
 
@@ -184,15 +245,22 @@ class FeatureFrontend(nn.Module):
         self.log_mel = LogMel(config)
         self.normalizer = GlobalNormalizer(config.n_mels)
 
-    def unnormalized(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def unnormalized(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, mel_basis: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel features before the global statistics: what those statistics are estimated on."""
-        features, frame_lengths = self.log_mel(waveforms, lengths)
+        features, frame_lengths = self.log_mel(waveforms, lengths, mel_basis)
         if self.per_utterance_mean:
             features = subtract_utterance_mean(features, frame_lengths)
         return features, frame_lengths
 
     @torch.no_grad()
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, num_samples), (B,) -> (B, T, n_mels) normalised features, (B,) frame lengths."""
-        features, frame_lengths = self.unnormalized(waveforms, lengths)
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, mel_basis: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, num_samples), (B,) -> (B, T, n_mels) normalised features, (B,) frame lengths.
+
+        ``mel_basis`` (training only) replaces the filter bank, e.g. with :func:`vtlp_filter_banks`.
+        """
+        features, frame_lengths = self.unnormalized(waveforms, lengths, mel_basis)
         return self.normalizer(features), frame_lengths

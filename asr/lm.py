@@ -1,29 +1,39 @@
-"""Word language models and lexicons for beam search.
+"""Word and character language models and lexicons for beam search.
 
 The LM itself is KenLM: ``lmplz`` estimates an ARPA n-gram model from normalised text and
 flashlight-text's KenLM reads it during decoding. This module prepares the text (with the
 acoustic model's normalisation, so LM words and decoded words are spelled alike), runs the
 KenLM tools, and builds the lexicon that maps each word to its character spelling.
+
+A character LM's "words" are the acoustic model's characters, with ``|`` for the space between
+words (the wav2letter convention). It scores every emitted character during lexicon-free beam
+search, so it can repair spelling without ever forcing a whole (possibly wrong) word.
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from asr.text import CharVocabulary, normalize_text
 
 # Where scripts/build_kenlm.sh installs lmplz and build_binary.
 KENLM_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "asr" / "kenlm" / "bin"
 ARPA_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
+CHAR_LM_SPACE = "|"  # how a character LM spells the space between words
+# flashlight-text's bundled KenLM is compiled with KENLM_MAX_ORDER=6 and rejects longer n-grams.
+MAX_LM_ORDER = 6
 
 
 class LanguageModelError(ValueError):
@@ -126,6 +136,31 @@ def arpa_vocabulary(path: str | Path) -> list[str]:
     return words
 
 
+def is_char_lm(arpa_words: Sequence[str]) -> bool:
+    """Whether an ARPA vocabulary is a character LM's: single characters and the ``|`` space."""
+    return CHAR_LM_SPACE in arpa_words and all(len(word) == 1 for word in arpa_words)
+
+
+def char_lm_sentence(sentence: str) -> str:
+    """A normalised sentence as a character LM's tokens: ``"the cat"`` -> ``"t h e | c a t"``."""
+    return " ".join(CHAR_LM_SPACE if char == " " else char for char in sentence)
+
+
+def sample_unigram_sentences(
+    counts: dict[str, float], num_words: int, words_per_sentence: int = 10, seed: int = 0
+) -> Iterator[str]:
+    """Pseudo-sentences of words drawn by count: spelling statistics for a character LM.
+
+    A word list with frequencies (e.g. wordfreq's) says how often each spelling occurs but has
+    no running text; sampling it gives lmplz text whose character n-grams follow those counts.
+    """
+    words = list(counts)
+    cumulative = list(itertools.accumulate(counts[w] for w in words))
+    rng = random.Random(seed)
+    for _ in range(max(num_words // words_per_sentence, 1)):
+        yield " ".join(rng.choices(words, cum_weights=cumulative, k=words_per_sentence))
+
+
 def _read_text_lines(path: Path) -> Iterator[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as stream:
@@ -175,7 +210,7 @@ def corpus_sentences(sources: Sequence[str | Path], vocabulary: CharVocabulary) 
 @dataclass(frozen=True)
 class LmBuildReport:
     path: Path  # the model written
-    sentences: int  # normalised sentences given to lmplz
+    sentences: int  # normalised sentences given to lmplz (text and, for a char LM, sampled words)
     words: int  # running words in them
     vocabulary: int  # distinct words
 
@@ -188,28 +223,39 @@ def build_lm(
     prune: Sequence[int] = (),
     memory: str = "20%",
     unigram_counts: dict[str, float] | None = None,
+    unit: Literal["word", "char"] = "word",
+    sampled_words: int = 1_000_000,
 ) -> LmBuildReport:
     """Estimate a modified Kneser-Ney n-gram model with KenLM's lmplz.
 
     ``out`` ending in ``.bin`` (or ``.binary``) also runs ``build_binary``: smaller and faster
     to load, but its word list cannot be read back, so decode it with a lexicon. The model is
     written to a temporary name and renamed, so a failed build never leaves a partial model.
-    ``unigram_counts`` gives words unseen in the text probabilities from external counts
-    (:func:`add_unigrams`).
+    ``unigram_counts``: for a word LM, words unseen in the text get probabilities from these
+    counts (:func:`add_unigrams`); for a character LM (``unit="char"``), ``sampled_words``
+    words drawn by count are added to the text (:func:`sample_unigram_sentences`).
     """
+    if not 1 <= order <= MAX_LM_ORDER:
+        raise LanguageModelError(f"LM order {order}: flashlight-text's KenLM reads orders 1 to {MAX_LM_ORDER}")
+    if unit == "char" and out_is_binary(out):
+        raise LanguageModelError(f"{out}: write a character LM as ARPA; the decoder recognises it by its vocabulary")
     vocabulary = vocabulary or CharVocabulary.english()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lmplz = find_kenlm_tool("lmplz")
-    binary = out.suffix in (".bin", ".binary")
-    build_binary = find_kenlm_tool("build_binary") if binary else None
+    build_binary = find_kenlm_tool("build_binary") if out_is_binary(out) else None
+    sentences_in = corpus_sentences(sources, vocabulary)
+    if unit == "char" and unigram_counts:
+        spellable = {w: c for w, c in unigram_counts.items() if c > 0 and not vocabulary.unknown_characters(w)}
+        if spellable:
+            sentences_in = itertools.chain(sentences_in, sample_unigram_sentences(spellable, sampled_words))
     with tempfile.TemporaryDirectory(prefix="asr-lm-", dir=out.parent) as tmp:
         corpus = Path(tmp) / "corpus.txt"
         sentences = words = 0
         distinct: set[str] = set()
         with open(corpus, "w", encoding="utf-8") as stream:
-            for sentence in corpus_sentences(sources, vocabulary):
-                stream.write(sentence + "\n")
+            for sentence in sentences_in:
+                stream.write((char_lm_sentence(sentence) if unit == "char" else sentence) + "\n")
                 tokens = sentence.split()
                 sentences += 1
                 words += len(tokens)
@@ -223,7 +269,7 @@ def build_lm(
         if prune:
             command += ["--prune", *map(str, prune)]
         _run_tool(command, stdin=corpus, stdout=arpa)
-        if unigram_counts:
+        if unigram_counts and unit == "word":
             add_unigrams(arpa, {w: c for w, c in unigram_counts.items() if not vocabulary.unknown_characters(w)})
         result = Path(tmp) / "model.out"
         if build_binary:
@@ -232,6 +278,10 @@ def build_lm(
             arpa.rename(result)
         os.replace(result, out)
     return LmBuildReport(out, sentences, words, len(distinct))
+
+
+def out_is_binary(path: str | Path) -> bool:
+    return Path(path).suffix in (".bin", ".binary")
 
 
 def add_unigrams(arpa: str | Path, counts: dict[str, float], unk_share: float = 0.1) -> int:

@@ -109,18 +109,27 @@ class BidirectionalRNN(nn.Module):
     padded oneDNN path on CPU; on CUDA, cuDNN handles packed input well and it is used there.
     """
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int) -> None:
+    def __init__(self, cell: str, input_size: int, hidden_size: int, weight_dropout: float = 0.0) -> None:
         super().__init__()
         rnn = RNN_CELLS[cell]
         self.forward_rnn = rnn(input_size, hidden_size, batch_first=True)
         self.backward_rnn = rnn(input_size, hidden_size, batch_first=True)
+        self.weight_dropout = weight_dropout
 
-    @staticmethod
-    def _run(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, packed: bool) -> torch.Tensor:
+    def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, packed: bool) -> torch.Tensor:
+        call = rnn
+        if self.training and self.weight_dropout > 0:
+            # The cell runs with a dropped copy of its recurrent weights; gradients reach the originals.
+            weights = dict(rnn.named_parameters())
+            weights["weight_hh_l0"] = nn.functional.dropout(weights["weight_hh_l0"], self.weight_dropout)
+
+            def call(inputs):
+                return torch.func.functional_call(rnn, weights, (inputs,))
+
         if not packed:
-            return rnn(x)[0]
+            return call(x)[0]
         sequence = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        return pad_packed_sequence(rnn(sequence)[0], batch_first=True, total_length=x.shape[1])[0]
+        return pad_packed_sequence(call(sequence)[0], batch_first=True, total_length=x.shape[1])[0]
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, packed: bool) -> torch.Tensor:
         """(B, T, input_size) -> (B, T, 2 * hidden_size)."""
@@ -144,7 +153,7 @@ class AcousticModel(nn.Module):
             )
         layer_inputs = [self.subsampler.output_dim] + [2 * config.hidden_size] * (config.num_layers - 1)
         self.layers = nn.ModuleList(
-            BidirectionalRNN(config.cell, size, config.hidden_size) for size in layer_inputs
+            BidirectionalRNN(config.cell, size, config.hidden_size, config.weight_dropout) for size in layer_inputs
         )
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(2 * config.hidden_size, vocab_size)

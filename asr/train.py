@@ -39,7 +39,7 @@ from asr.data import (
     read_manifest,
 )
 from asr.decoding import GreedyDecoder
-from asr.features import FeatureFrontend, StatsAccumulator, spec_augment
+from asr.features import FeatureFrontend, StatsAccumulator, spec_augment, vtlp_filter_banks
 from asr.metrics import error_counts
 from asr.model import AcousticModel
 from asr.text import CharVocabulary
@@ -215,7 +215,10 @@ def train_step(
     config: ExperimentConfig,
     device: torch.device,
 ) -> float:
-    features, lengths = frontend(batch.waveforms.to(device, non_blocking=True), batch.waveform_lengths.to(device))
+    warped_banks = vtlp_filter_banks(frontend.log_mel, len(batch.waveform_lengths), config.specaugment)
+    features, lengths = frontend(
+        batch.waveforms.to(device, non_blocking=True), batch.waveform_lengths.to(device), warped_banks
+    )
     features = spec_augment(features, lengths, config.specaugment)
     with autocast(config, device):
         log_probs, output_lengths = model(features, lengths)

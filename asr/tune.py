@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -88,13 +89,20 @@ class TuningRow:
 class TuningResult:
     greedy: TuningRow  # the baseline, for reference
     rows: list[TuningRow]  # every pair tried
-    best_row: TuningRow  # the pair with the lowest WER (then CER) ...
+    best_row: TuningRow  # the pair with the lowest WER then CER (or CER then WER) ...
     best: DecodingSettings  # ... as settings, ready to save
 
 
 def score(emissions: Emissions, texts: Sequence[str], lm_weight: float = 0.0, word_score: float = 0.0) -> TuningRow:
     references, texts = emissions.references, list(texts)
     return TuningRow(lm_weight, word_score, error_counts(references, texts, "word"), error_counts(references, texts, "char"))
+
+
+def best_row(rows: Sequence[TuningRow], metric: Literal["wer", "cer"] = "wer") -> TuningRow:
+    """The row with the lowest WER (ties: CER), or with ``metric="cer"`` the lowest CER (ties: WER)."""
+    if metric == "cer":
+        return min(rows, key=lambda r: (r.chars.rate, r.words.rate))
+    return min(rows, key=lambda r: (r.words.rate, r.chars.rate))
 
 
 def tune_lm(
@@ -105,8 +113,12 @@ def tune_lm(
     word_scores: Sequence[float],
     workers: int = 1,
     progress=None,
+    metric: Literal["wer", "cer"] = "wer",
 ) -> TuningResult:
-    """Grid search of LM weight x word score; the LM and lexicon are loaded once."""
+    """Grid search of LM weight x word score; the LM and lexicon are loaded once.
+
+    ``metric`` ranks the pairs: WER for word LMs, usually CER for a character LM.
+    """
     greedy = GreedyDecoder(vocabulary)
     baseline = score(emissions, [greedy.decode_matrix(m)[0].text for m in emissions.matrices])
     template = build_decoder(vocabulary, replace(base, method="beam"))
@@ -120,6 +132,6 @@ def tune_lm(
         rows.append(score(emissions, texts, lm_weight, word_score))
         if progress:
             progress(rows[-1])
-    best = min(rows, key=lambda r: (r.words.rate, r.chars.rate))
+    best = best_row(rows, metric)
     settings = replace(base, method="beam", beam=replace(base.beam, lm_weight=best.lm_weight, word_score=best.word_score))
     return TuningResult(baseline, rows, best, settings)

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from asr.decoding import BeamSearchDecoder, BeamSearchOptions, GreedyDecoder, decode_in_parallel, hypothesis_from_path
-from asr.lm import LanguageModelError, arpa_vocabulary, build_lm, lexicon_from_words, read_lexicon
+from asr.decoding import DecodingSettings
+from asr.lm import (
+    LanguageModelError,
+    arpa_vocabulary,
+    build_lm,
+    char_lm_sentence,
+    is_char_lm,
+    lexicon_from_words,
+    read_lexicon,
+)
 from asr.text import CharVocabulary
 
 from conftest import write_arpa
@@ -159,6 +168,32 @@ def test_lexicon_formats(tmp_path):
     assert "café" in lexicon.skipped
 
 
+@pytest.fixture
+def char_lm(tmp_path):
+    # Characters, with "|" for the space: after "a", "t" is far likelier than "b".
+    unigrams = {"|": -0.7, "a": -0.7, "b": -1.0, "c": -0.8, "t": -0.8}
+    return write_arpa(tmp_path / "chars.arpa", unigrams, {"<s> c": -0.2, "c a": -0.1, "a t": -0.1, "a b": -2.5})
+
+
+def test_char_lm_repairs_spelling_without_a_lexicon(char_lm):
+    # Acoustically "cab" wins narrowly (b 0.5 vs t 0.4); the character LM knows "at" follows "c".
+    frames = posteriors([{C: 0.9}, {A: 0.9}, {B: 0.5, T: 0.4}])
+    lengths = torch.tensor([3])
+    assert BeamSearchDecoder(VOCAB, BeamSearchOptions(lm_weight=1.0), lm=char_lm)(frames[None], lengths)[0].text == "cat"
+    unweighted = BeamSearchDecoder(VOCAB, BeamSearchOptions(lm_weight=0.0), lm=char_lm)
+    assert unweighted(frames[None], lengths)[0].text == "cab"
+    # Spelled outside any lexicon: "tac" is not a word the LM knows, yet it can still be emitted.
+    tac = BeamSearchDecoder(VOCAB, BeamSearchOptions(lm_weight=0.5), lm=char_lm)(peaky([T, A, C])[None], lengths)[0]
+    assert tac.text == "tac"
+
+
+def test_char_lm_is_recognised_by_its_vocabulary(char_lm, cat_lm):
+    assert is_char_lm(arpa_vocabulary(char_lm)) and not is_char_lm(arpa_vocabulary(cat_lm))
+    assert not is_char_lm(["a", "i"])  # a word LM of one-letter words has no "|"
+    assert DecodingSettings("beam", char_lm).describe().endswith("lexicon-free")
+    assert "lexicon-free" not in DecodingSettings("beam", cat_lm).describe()
+
+
 def test_arpa_vocabulary_skips_markers(cat_lm):
     assert arpa_vocabulary(cat_lm) == ["cat", "cab", "a"]
 
@@ -183,6 +218,27 @@ def test_build_lm_normalises_text_and_calls_lmplz(tmp_path, monkeypatch, cat_lm)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name != "lm.arpa"]  # no temporary left
 
 
+def test_build_char_lm_spells_text_and_samples_word_counts(tmp_path, monkeypatch, cat_lm):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "lmplz"
+    fake.write_text(f"#!/bin/sh\ncat > {tmp_path}/corpus\ncat {cat_lm}\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("ASR_KENLM_BIN", str(bin_dir))
+    text = tmp_path / "text.txt"
+    text.write_text("A Cat\n")
+    counts = {"cab": 3.0, "tab": 1.0, "café": 100.0}  # café: not spellable, never sampled
+    report = build_lm([text], 6, tmp_path / "chars.arpa", VOCAB, unigram_counts=counts, unit="char",
+                      sampled_words=40)
+    lines = (tmp_path / "corpus").read_text().splitlines()
+    assert lines[0] == "a | c a t" == char_lm_sentence("a cat")
+    sampled = [word for line in lines[1:] for word in line.replace(" ", "").split("|")]
+    assert len(lines) == 1 + 4 and len(sampled) == 40 and set(sampled) == {"cab", "tab"}
+    assert report.sentences == 5 and report.words == 42
+    with pytest.raises(LanguageModelError, match="orders 1 to 6"):
+        build_lm([text], 7, tmp_path / "lm7.arpa", VOCAB)
+
+
 def test_build_lm_without_kenlm_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("ASR_KENLM_BIN", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -196,3 +252,19 @@ def test_confidence_is_a_probability():
     hyp = GreedyDecoder(VOCAB)(frames[None], torch.tensor([20]))[0]
     assert all(0.0 <= w.confidence <= 1.0 for w in hyp.words)
     assert math.isfinite(hyp.score) and isinstance(np.float64(hyp.score), np.floating)
+
+
+def test_tuning_ranks_pairs_by_the_chosen_metric(char_lm):
+    from asr.decoding import build_decoder
+    from asr.metrics import ErrorCounts
+    from asr.tune import TuningRow, best_row
+
+    fewer_words = TuningRow(1.0, 0.0, ErrorCounts(3, 0, 0, 7), ErrorCounts(20, 0, 0, 80))  # WER 30 %, CER 20 %
+    fewer_chars = TuningRow(0.5, 0.0, ErrorCounts(4, 0, 0, 6), ErrorCounts(10, 0, 0, 90))  # WER 40 %, CER 10 %
+    assert best_row([fewer_words, fewer_chars]) is fewer_words
+    assert best_row([fewer_words, fewer_chars], "cer") is fewer_chars
+    # tune-lm's path: settings -> decoder, then other weights on the same loaded character LM.
+    template = build_decoder(VOCAB, DecodingSettings("beam", char_lm))
+    frames = posteriors([{C: 0.9}, {A: 0.9}, {B: 0.5, T: 0.4}])
+    assert template.with_options(BeamSearchOptions(lm_weight=1.0)).decode_matrix(frames.numpy())[0].text == "cat"
+    assert template.with_options(BeamSearchOptions(lm_weight=0.0)).decode_matrix(frames.numpy())[0].text == "cab"

@@ -3,7 +3,17 @@ import numpy as np
 import torch
 
 from asr.config import FeatureConfig, SpecAugmentConfig
-from asr.features import FeatureFrontend, LogMel, StatsAccumulator, spec_augment
+import pytest
+
+from asr.config import ConfigError
+from asr.features import (
+    FeatureFrontend,
+    LogMel,
+    StatsAccumulator,
+    spec_augment,
+    vtlp_filter_banks,
+    warp_frequencies,
+)
 
 
 def speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -84,3 +94,49 @@ def test_utterance_mean_normalisation_removes_gain_and_ignores_padding():
     # A recording level (a constant gain, a constant offset in log-mel) no longer matters.
     louder, _ = frontend(4.0 * short[None], torch.tensor([len(short)]))
     torch.testing.assert_close(louder, alone, atol=1e-3, rtol=1e-3)
+
+
+def test_unwarped_vtlp_filter_bank_is_librosas():
+    log_mel = LogMel(FeatureConfig())
+    banks = log_mel.warped_basis(torch.tensor([1.0, 1.0]), boundary=0.6)  # (2, n_mels, F)
+    assert banks.shape == (2, *log_mel.mel_basis.shape)
+    torch.testing.assert_close(banks[1], log_mel.mel_basis, atol=1e-6 * log_mel.mel_basis.max().item(), rtol=1e-4)
+
+
+def test_vtlp_warp_is_piecewise_linear_and_keeps_the_band():
+    freqs = torch.linspace(0, 8000, 201)
+    warped = warp_frequencies(freqs, torch.tensor([0.9, 1.0, 1.1]), nyquist=8000.0, boundary=0.6)  # (3, F)
+    torch.testing.assert_close(warped[1], freqs)
+    assert torch.all(warped[:, 0] == 0) and torch.allclose(warped[:, -1], torch.tensor(8000.0))
+    assert torch.all(warped.diff(dim=1) > 0)  # monotonic: no two bins swap places
+    low = freqs <= 4000
+    torch.testing.assert_close(warped[0, low], 0.9 * freqs[low])
+    torch.testing.assert_close(warped[2, low], 1.1 * freqs[low])
+
+
+def test_vtlp_moves_a_tone_like_a_longer_or_shorter_vocal_tract():
+    t = torch.arange(16000) / 16000
+    tone = torch.sin(2 * torch.pi * 1000.0 * t)[None]  # (1, S)
+    log_mel = LogMel(FeatureConfig())
+    centres = torch.from_numpy(librosa.mel_frequencies(n_mels=82, fmax=8000.0)[1:-1])
+
+    def peak_hz(factor: float) -> float:
+        bank = log_mel.warped_basis(torch.tensor([factor]), boundary=0.6)
+        band = log_mel.mel_power(tone, bank)[0].mean(0).argmax()  # strongest mel band
+        return centres[band].item()
+
+    # A bin at f Hz feeds the filter at factor * f Hz: the tone lands ~10 % higher or lower.
+    assert peak_hz(1.0) == pytest.approx(1000, rel=0.04)
+    assert peak_hz(1.1) == pytest.approx(1100, rel=0.04)
+    assert peak_hz(0.9) == pytest.approx(900, rel=0.04)
+
+
+def test_vtlp_draws_one_warp_per_utterance_only_when_enabled():
+    log_mel = LogMel(FeatureConfig())
+    assert vtlp_filter_banks(log_mel, 3, SpecAugmentConfig()) is None  # off by default
+    assert vtlp_filter_banks(log_mel, 3, SpecAugmentConfig(enabled=False, warp_factor=0.1)) is None
+    banks = vtlp_filter_banks(log_mel, 3, SpecAugmentConfig(warp_factor=0.1), torch.Generator().manual_seed(0))
+    assert banks.shape == (3, *log_mel.mel_basis.shape)
+    assert not torch.allclose(banks[0], banks[1])
+    with pytest.raises(ConfigError, match="warp_factor"):
+        SpecAugmentConfig(warp_factor=1.5)

@@ -50,3 +50,20 @@ def test_conv_subsampling_puts_time_strides_in_the_last_blocks():
     assert model.subsampler.time_strides == [1, 3]
     with pytest.raises(ValueError, match="conv_layers"):
         AcousticModel(ModelConfig(subsampling="conv", subsampling_factor=12, conv_layers=2), 80, 29)
+
+
+def test_weight_dropout_drops_recurrent_weights_in_training_only():
+    torch.manual_seed(0)
+    config = ModelConfig(num_layers=2, hidden_size=16, dropout=0.0, weight_dropout=0.5)
+    model = AcousticModel(config, 20, 10)
+    reference = AcousticModel(dataclasses.replace(config, weight_dropout=0.0), 20, 10)
+    reference.load_state_dict(model.state_dict())  # same parameters: no extra state
+    features, lengths = torch.randn(2, 12, 20), torch.tensor([12, 7])
+    model.eval(), reference.eval()
+    torch.testing.assert_close(model(features, lengths)[0], reference(features, lengths)[0])
+    model.train()
+    first, second = model(features, lengths)[0], model(features, lengths)[0]
+    assert not torch.allclose(first, second)  # a fresh mask per call
+    first.sum().backward()
+    hh = model.layers[0].forward_rnn.weight_hh_l0
+    assert hh.grad is not None and (hh.grad == 0).any() and hh.grad.abs().sum() > 0  # dropped entries get none

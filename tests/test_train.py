@@ -44,8 +44,8 @@ def audio_paths(manifest):
 
 
 def test_resume_reaches_the_same_weights(tone_corpus, tmp_path):
-    # Dropout and SpecAugment on, so that restoring the RNG states matters.
-    sections = dict(model={"dropout": 0.2}, specaugment={"enabled": True, "time_width": 5},
+    # Dropout, SpecAugment and VTLP on, so that restoring the RNG states matters.
+    sections = dict(model={"dropout": 0.2}, specaugment={"enabled": True, "time_width": 5, "warp_factor": 0.1},
                     train={"epochs": 3}, data={"max_frames_per_batch": 350})
     straight = train(tiny_config(tmp_path / "straight", tone_corpus, **sections))
     # Interrupted mid-epoch 2, then the same command again resumes from last.pt.
