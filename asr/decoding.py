@@ -252,7 +252,8 @@ class BeamSearchDecoder:
                 lexicon = lexicon_from_words(arpa_words, vocabulary)
         self.lexicon = lexicon
         self._engine = None  # (flashlight decoder, word list) once built
-        self._shared = None  # (LM, trie, word list), built once, shared with with_options() copies
+        # (LM, trie, word list), built once, shared with with_options() copies; a char LM has no trie or words.
+        self._shared = None
         if self.lm is not None:
             self._build()  # fail now, with the file's name, rather than at the first utterance
 

@@ -50,10 +50,10 @@ def warp_frequencies(
     [knee * factor, nyquist], so the band edge stays put and nothing is pushed out of range.
     """
     alpha = factors[:, None].float()  # (B, 1)
-    f_hi = boundary * nyquist
-    knee = f_hi * alpha.clamp(max=1.0) / alpha  # (B, 1): where the two lines meet
+    knee_out = boundary * nyquist * alpha.clamp(max=1.0)  # (B, 1): the knee's warped frequency ...
+    knee = knee_out / alpha  # ... and where it comes from
     below = frequencies[None, :] * alpha
-    above = nyquist - (nyquist - f_hi * alpha.clamp(max=1.0)) / (nyquist - knee) * (nyquist - frequencies[None, :])
+    above = nyquist - (nyquist - knee_out) / (nyquist - knee) * (nyquist - frequencies[None, :])
     return torch.where(frequencies[None, :] <= knee, below, above)
 
 

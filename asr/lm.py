@@ -244,11 +244,10 @@ def build_lm(
     out.parent.mkdir(parents=True, exist_ok=True)
     lmplz = find_kenlm_tool("lmplz")
     build_binary = find_kenlm_tool("build_binary") if out_is_binary(out) else None
+    spellable = {w: c for w, c in (unigram_counts or {}).items() if c > 0 and not vocabulary.unknown_characters(w)}
     sentences_in = corpus_sentences(sources, vocabulary)
-    if unit == "char" and unigram_counts:
-        spellable = {w: c for w, c in unigram_counts.items() if c > 0 and not vocabulary.unknown_characters(w)}
-        if spellable:
-            sentences_in = itertools.chain(sentences_in, sample_unigram_sentences(spellable, sampled_words))
+    if unit == "char" and spellable:
+        sentences_in = itertools.chain(sentences_in, sample_unigram_sentences(spellable, sampled_words))
     with tempfile.TemporaryDirectory(prefix="asr-lm-", dir=out.parent) as tmp:
         corpus = Path(tmp) / "corpus.txt"
         sentences = words = 0
@@ -269,8 +268,8 @@ def build_lm(
         if prune:
             command += ["--prune", *map(str, prune)]
         _run_tool(command, stdin=corpus, stdout=arpa)
-        if unigram_counts and unit == "word":
-            add_unigrams(arpa, {w: c for w, c in unigram_counts.items() if not vocabulary.unknown_characters(w)})
+        if unit == "word" and spellable:
+            add_unigrams(arpa, spellable)
         result = Path(tmp) / "model.out"
         if build_binary:
             _run_tool([str(build_binary), str(arpa), str(result)])

@@ -198,14 +198,18 @@ def test_arpa_vocabulary_skips_markers(cat_lm):
     assert arpa_vocabulary(cat_lm) == ["cat", "cab", "a"]
 
 
-def test_build_lm_normalises_text_and_calls_lmplz(tmp_path, monkeypatch, cat_lm):
-    # A stand-in lmplz: records its arguments and input, prints a fixed ARPA model.
+@pytest.fixture
+def fake_lmplz(tmp_path, monkeypatch, cat_lm):
+    """A stand-in lmplz: records its arguments and input (args, corpus in tmp_path), prints cat_lm."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "lmplz"
     fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args\ncat > {tmp_path}/corpus\ncat {cat_lm}\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("ASR_KENLM_BIN", str(bin_dir))
+
+
+def test_build_lm_normalises_text_and_calls_lmplz(tmp_path, fake_lmplz):
     text = tmp_path / "text.txt"
     text.write_text("A Cat, a CAB!\n\n  the café cat\n")
     manifest = tmp_path / "train.jsonl"
@@ -218,13 +222,7 @@ def test_build_lm_normalises_text_and_calls_lmplz(tmp_path, monkeypatch, cat_lm)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name != "lm.arpa"]  # no temporary left
 
 
-def test_build_char_lm_spells_text_and_samples_word_counts(tmp_path, monkeypatch, cat_lm):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "lmplz"
-    fake.write_text(f"#!/bin/sh\ncat > {tmp_path}/corpus\ncat {cat_lm}\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("ASR_KENLM_BIN", str(bin_dir))
+def test_build_char_lm_spells_text_and_samples_word_counts(tmp_path, fake_lmplz):
     text = tmp_path / "text.txt"
     text.write_text("A Cat\n")
     counts = {"cab": 3.0, "tab": 1.0, "café": 100.0}  # café: not spellable, never sampled
