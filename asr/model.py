@@ -163,10 +163,23 @@ class AcousticModel(nn.Module):
             return device.type == "cuda"
         return self.config.rnn_input == "packed"
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, return_intermediate: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """(B, T, n_mels), (B,) -> log-probs (B, T', V), lengths (B,).
+
+        With ``return_intermediate`` (training with ``intermediate_ctc_layer``) a third item
+        holds the intermediate layer's log-probs (B, T', V) from the same output layer.
+        """
         x, lengths = self.subsampler(features, lengths)  # (B, T', D)
         packed = self.use_packed(x.device)
-        for layer in self.layers:
+        intermediate = None
+        for number, layer in enumerate(self.layers, start=1):
             x = self.dropout(layer(x, lengths, packed))  # (B, T', 2H)
+            if return_intermediate and number == self.config.intermediate_ctc_layer:
+                intermediate = self.output(x).float().log_softmax(dim=-1)  # (B, T', V)
         logits = self.output(x)  # (B, T', V)
-        return logits.float().log_softmax(dim=-1), lengths
+        log_probs = logits.float().log_softmax(dim=-1)
+        if return_intermediate:
+            return log_probs, lengths, intermediate
+        return log_probs, lengths

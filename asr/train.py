@@ -19,7 +19,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ class TrainState:
     step: int = 0  # optimiser steps so far
     best_cer: float = math.inf  # lowest validation CER so far
     train_seconds: float = 0.0  # wall time spent training, summed over resumed runs
+    schedule_steps: int = 0  # steps the cosine decay spans when fitted to the time budget; 0 = by epochs
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per validation
 
 
@@ -138,6 +139,7 @@ def make_loader(
         seed=config.train.seed,
         num_replicas=dist_info.world_size,
         rank=dist_info.rank,
+        sorted_epochs=config.data.sorted_epochs if shuffle else 0,
     )
     loader = DataLoader(
         dataset,
@@ -168,15 +170,19 @@ def estimate_normalizer(
     frontend.normalizer.std.copy_(std)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, total_steps: int):
-    """Linear warm-up to the peak learning rate, then cosine decay to ``final_lr_ratio``."""
+def make_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, total_steps: Callable[[], int]):
+    """Linear warm-up to the peak learning rate, then cosine decay to ``final_lr_ratio``.
+
+    ``total_steps`` is asked at every step: a budget-fitted schedule learns its length after
+    the second epoch.
+    """
     warmup = max(1, config.optim.warmup_steps)
     final = config.optim.final_lr_ratio
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        progress = min(1.0, (step - warmup) / max(1, total_steps() - warmup))
         return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -221,8 +227,11 @@ def train_step(
     )
     features = spec_augment(features, lengths, config.specaugment)
     with autocast(config, device):
-        log_probs, output_lengths = model(features, lengths)
+        log_probs, output_lengths, intermediate = model(features, lengths, return_intermediate=True)
     loss = ctc_loss(log_probs, output_lengths, batch, device)
+    if intermediate is not None:
+        weight = config.optim.intermediate_ctc_weight
+        loss = (1 - weight) * loss + weight * ctc_loss(intermediate, output_lengths, batch, device)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -358,6 +367,7 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     session_start: float = field(default_factory=time.monotonic)
     trained_before: float = 0.0  # seconds trained by earlier sessions of this run
+    last_epoch_end: float | None = None  # monotonic time the previous epoch of this session ended
 
     def say(self, message: str) -> None:
         if self.dist.is_main:
@@ -411,18 +421,19 @@ def build_run(config: ExperimentConfig) -> Run:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay
     )
-    # The schedule depends on the epochs alone: max_steps/max_minutes interrupt a run, and a
-    # resumed run must follow the same learning-rate curve as an uninterrupted one.
-    scheduler = make_scheduler(optimizer, config, total_steps=config.train.epochs * len(train_sampler))
+    # The schedule depends on the epochs alone (max_steps/max_minutes interrupt a run, and a
+    # resumed run must follow the same learning-rate curve as an uninterrupted one), or on
+    # the time budget once fit_schedule_to_budget has measured this machine.
+    state = TrainState()
+    epoch_steps = config.train.epochs * len(train_sampler)
+    scheduler = make_scheduler(optimizer, config, total_steps=lambda: state.schedule_steps or epoch_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
 
     last_path = out_dir / "last.pt"
     if last_path.exists():
-        state = resume(last_path, config, frontend, model, optimizer, scheduler, scaler, device, say)
-    else:
-        state = TrainState()
-        if dist_info.is_main:
-            estimate_normalizer(frontend, train_set, config, device)
+        resume(last_path, config, frontend, model, optimizer, scheduler, scaler, device, state, say)
+    elif dist_info.is_main:
+        estimate_normalizer(frontend, train_set, config, device)
     step_model: torch.nn.Module = model
     if dist_info.enabled:
         for buffer in (frontend.normalizer.mean, frontend.normalizer.std):
@@ -440,7 +451,8 @@ def build_run(config: ExperimentConfig) -> Run:
     )
 
 
-def resume(path, config, frontend, model, optimizer, scheduler, scaler, device, say=log) -> TrainState:
+def resume(path, config, frontend, model, optimizer, scheduler, scaler, device, state: TrainState, say=log) -> None:
+    """Load last.pt into the model, optimiser, schedule, RNGs and ``state`` (in place: the schedule reads it)."""
     saved = load_checkpoint(path, map_location=device)
     if saved["config"] != to_dict(config):
         say(f"note: {path} was written with a different config; resuming with the new one")
@@ -452,9 +464,9 @@ def resume(path, config, frontend, model, optimizer, scheduler, scaler, device, 
     scheduler.load_state_dict(train_state["scheduler"])
     scaler.load_state_dict(train_state["scaler"])
     restore_rng_states(train_state["rng"])
-    state = TrainState(**train_state["position"])
+    for name, value in train_state["position"].items():
+        setattr(state, name, value)
     say(f"resumed from {path}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
-    return state
 
 
 def out_of_budget(run: Run) -> bool:
@@ -538,13 +550,38 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
                 save_checkpoint(run.out_dir / "best.pt", checkpoint_payload(run, metrics))
         elif run.valid_loader is None:
             save_checkpoint(run.out_dir / "best.pt", checkpoint_payload(run, metrics))
+        fit_schedule_to_budget(run, stats)
         save_last(run, metrics)
         keep = config.train.keep_epoch_checkpoints
         if keep and state.batch_in_epoch == 0:
             save_checkpoint(run.out_dir / f"epoch-{state.epoch}.pt", checkpoint_payload(run, metrics))
             (run.out_dir / f"epoch-{state.epoch - keep}.pt").unlink(missing_ok=True)
     if run.dist.enabled:
+        if config.optim.schedule == "budget":  # every rank's scheduler follows rank 0's measurement
+            steps = torch.tensor([state.schedule_steps], device=run.device)
+            torch.distributed.broadcast(steps, src=0)
+            state.schedule_steps = int(steps.item())
         torch.distributed.barrier()
+    run.last_epoch_end = time.monotonic()
+
+
+def fit_schedule_to_budget(run: Run, stats: EpochStats) -> None:
+    """Stretch the cosine decay to end as train.max_minutes runs out (optim.schedule: budget).
+
+    Measured once, over the second whole epoch of a session (the first one also decodes and
+    caches the audio): its wall time per step, validation included, sets how many steps the
+    rest of the budget holds. Saved in last.pt, so a resumed run keeps the same schedule.
+    """
+    config, state = run.config, run.state
+    if config.optim.schedule != "budget" or state.schedule_steps or run.last_epoch_end is None:
+        return
+    if stats.stopped or state.batch_in_epoch != 0 or stats.steps == 0:
+        return
+    seconds_per_step = (time.monotonic() - run.last_epoch_end) / stats.steps
+    steps_left = (60 * config.train.max_minutes - run.train_seconds()) / seconds_per_step
+    state.schedule_steps = state.step + max(1, int(steps_left))
+    log(f"schedule fitted to the {config.train.max_minutes:g}-minute budget: {seconds_per_step:.2f} s/step, "
+        f"cosine decay ends at step {state.schedule_steps}")
 
 
 def train(config: ExperimentConfig) -> TrainState:

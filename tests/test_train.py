@@ -72,3 +72,43 @@ def test_an_unreadable_training_file_is_skipped_not_fatal(tone_corpus, tmp_path)
     with pytest.warns(UserWarning, match="skipping utterance broken"):
         state = train(config)
     assert state.epoch == 1
+
+
+def test_budget_schedule_ends_the_cosine_when_the_time_budget_does(monkeypatch):
+    from types import SimpleNamespace
+
+    from asr import train as train_module
+    from asr.config import ConfigError, ExperimentConfig, OptimConfig, TrainConfig
+    from asr.train import EpochStats, TrainState, fit_schedule_to_budget, make_scheduler
+
+    config = ExperimentConfig(optim=OptimConfig(lr=1.0, warmup_steps=10, final_lr_ratio=0.1, schedule="budget"),
+                              train=TrainConfig(epochs=100, max_minutes=1.0))
+    state = TrainState(epoch=2, step=20)
+    now = 1000.0
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: now)
+    run = SimpleNamespace(config=config, state=state, last_epoch_end=now - 10.0, train_seconds=lambda: 20.0)
+    fit_schedule_to_budget(run, EpochStats(steps=10, start=now - 10.0))
+    # 1 s per step (validation included) and 40 s of the 60 s budget left: 40 more steps.
+    assert state.schedule_steps == 60
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make_scheduler(optimizer, config, total_steps=lambda: state.schedule_steps or 10_000)
+    lrs = []
+    for _ in range(70):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[9] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.1) and lrs[69] == pytest.approx(0.1)
+    assert lrs[35] == pytest.approx(0.1 + 0.9 * 0.5, abs=0.03)  # half way down the cosine
+    fit_schedule_to_budget(run, EpochStats(steps=10))  # measured once, then kept
+    assert state.schedule_steps == 60
+    with pytest.raises(ConfigError, match="max_minutes"):
+        ExperimentConfig(optim=OptimConfig(schedule="budget"))
+
+
+def test_budget_schedule_is_measured_in_the_second_epoch_and_saved_for_resume(tone_corpus, tmp_path):
+    sections = dict(optim={"schedule": "budget"}, train={"epochs": 3, "max_minutes": 30.0})
+    state = train(tiny_config(tmp_path / "run", tone_corpus, **sections))
+    steps_per_epoch = state.step // 3
+    assert state.schedule_steps > 2 * steps_per_epoch  # fitted at the end of epoch 2: 30 minutes hold many more
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["position"]
+    assert saved["schedule_steps"] == state.schedule_steps
