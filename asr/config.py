@@ -41,9 +41,8 @@ class FeatureConfig:
     log_floor: float = 1e-10  # power floor before the log, keeps silence finite
     # global: one mean/std from the training data. utterance: first subtract each utterance's
     # own per-band mean (cepstral mean normalisation), which removes the channel and much of
-    # the speaker's spectral tilt; the global std then scales what is left. utterance_mvn: also
-    # divide by each utterance's own per-band std (dynamic range differs between recordings).
-    normalization: Literal["global", "utterance", "utterance_mvn"] = "global"
+    # the speaker's spectral tilt; the global std then scales what is left.
+    normalization: Literal["global", "utterance"] = "global"
 
 
 @dataclass(frozen=True)
@@ -82,17 +81,6 @@ class ModelConfig:
     # dropout between layers never touches. Training only; 0 = off.
     weight_dropout: float = 0.0
     rnn_input: Literal["auto", "packed", "padded"] = "auto"  # auto: packed on CUDA, padded on CPU
-    # Intermediate CTC (Lee & Watanabe, 2021): the output of this recurrent layer (1-based) also
-    # goes through the shared output layer and gets its own CTC loss in training, which makes
-    # the lower layers learn characters directly. 0 = off. Inference never uses it.
-    intermediate_ctc_layer: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.intermediate_ctc_layer < self.num_layers:
-            raise ConfigError(
-                f"model.intermediate_ctc_layer must be 0 (off) or below num_layers ({self.num_layers}),"
-                f" got {self.intermediate_ctc_layer}"
-            )
 
 
 @dataclass(frozen=True)
@@ -103,9 +91,6 @@ class DataConfig:
     max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
     num_workers: int = 0  # DataLoader worker processes for audio decoding
     cache_audio: bool = True  # keep decoded training audio in RAM (small corpora, num_workers=0)
-    # SortaGrad (DeepSpeech2): the first N epochs visit batches from the shortest utterances to
-    # the longest instead of shuffled; short ones align easily, which shortens the blank plateau.
-    sorted_epochs: int = 0
     stats_utterances: int = 2000  # utterances used to estimate the normalisation statistics
 
 
@@ -121,7 +106,6 @@ class OptimConfig:
     # included), so a time-capped recipe anneals fully on a slow CPU and a fast one alike.
     schedule: Literal["epochs", "budget"] = "epochs"
     grad_clip: float = 5.0  # max global gradient norm
-    intermediate_ctc_weight: float = 0.3  # loss = (1 - w) final CTC + w intermediate CTC (when the model has one)
 
 
 @dataclass(frozen=True)

@@ -306,9 +306,8 @@ class BucketBatchSampler(Sampler[list[int]]):
     Utterances are sorted by length (with a small per-epoch jitter so that batch membership
     varies between epochs), cut greedily into batches whose ``batch_size * longest`` stays
     within ``max_frames`` (an utterance over the budget gets a batch of its own), and the
-    batch order is shuffled, except in the first ``sorted_epochs`` epochs, which go from the
-    shortest batches to the longest (SortaGrad, Amodei et al., 2016). Everything depends only
-    on ``seed`` and the epoch, so a resumed run sees the same batches.
+    batch order is shuffled. Everything depends only on ``seed`` and the epoch, so a resumed
+    run sees the same batches.
 
     With ``num_replicas > 1`` (DDP) every rank builds the same global list and takes every
     ``num_replicas``-th batch, each rank the same count. ``start_batch`` counts *global*
@@ -324,7 +323,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         length_jitter: float = 0.02,
         num_replicas: int = 1,
         rank: int = 0,
-        sorted_epochs: int = 0,
     ) -> None:
         self.frame_counts = np.asarray(frame_counts, dtype=np.int64)
         self.max_frames = max_frames
@@ -333,7 +331,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.length_jitter = length_jitter if shuffle else 0.0
         self.num_replicas = num_replicas
         self.rank = rank
-        self.sorted_epochs = sorted_epochs
         self.epoch = 0
         self.start_batch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
@@ -361,7 +358,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             longest = max(longest, frames)
         if current:
             batches.append(current)
-        if self.shuffle and self.epoch >= self.sorted_epochs:
+        if self.shuffle:
             rng.shuffle(batches)
         self._cache = (self.epoch, batches)
         return batches

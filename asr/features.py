@@ -158,17 +158,12 @@ def valid_frames(lengths: torch.Tensor, max_length: int, device: torch.device) -
     return torch.arange(max_length, device=device)[None, :] < lengths.to(device)[:, None]
 
 
-def normalize_utterances(features: torch.Tensor, lengths: torch.Tensor, scale: bool = False) -> torch.Tensor:
-    """Subtract each utterance's per-band mean over its valid frames (and with ``scale`` divide
-    by its per-band std); padding stays zero."""
+def subtract_utterance_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Subtract each utterance's per-band mean over its valid frames; padding stays zero."""
     valid = valid_frames(lengths, features.shape[1], features.device)[:, :, None]  # (B, T, 1)
-    count = lengths.clamp_min(1)[:, None, None].to(features.dtype)  # (B, 1, 1)
-    mean = (features * valid).sum(dim=1, keepdim=True) / count  # (B, 1, F)
-    centred = (features - mean) * valid
-    if not scale:
-        return centred
-    std = (centred.square().sum(dim=1, keepdim=True) / count).clamp_min(1e-5).sqrt()  # (B, 1, F)
-    return centred / std
+    total = (features * valid).sum(dim=1, keepdim=True)  # (B, 1, F)
+    mean = total / lengths.clamp_min(1)[:, None, None].to(features.dtype)  # (B, 1, F)
+    return (features - mean) * valid
 
 
 class StatsAccumulator:
@@ -246,7 +241,7 @@ class FeatureFrontend(nn.Module):
 
     def __init__(self, config: FeatureConfig) -> None:
         super().__init__()
-        self.normalization = config.normalization
+        self.per_utterance_mean = config.normalization == "utterance"
         self.log_mel = LogMel(config)
         self.normalizer = GlobalNormalizer(config.n_mels)
 
@@ -255,8 +250,8 @@ class FeatureFrontend(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel features before the global statistics: what those statistics are estimated on."""
         features, frame_lengths = self.log_mel(waveforms, lengths, mel_basis)
-        if self.normalization != "global":
-            features = normalize_utterances(features, frame_lengths, scale=self.normalization == "utterance_mvn")
+        if self.per_utterance_mean:
+            features = subtract_utterance_mean(features, frame_lengths)
         return features, frame_lengths
 
     @torch.no_grad()

@@ -163,23 +163,10 @@ class AcousticModel(nn.Module):
             return device.type == "cuda"
         return self.config.rnn_input == "packed"
 
-    def forward(
-        self, features: torch.Tensor, lengths: torch.Tensor, return_intermediate: bool = False
-    ) -> tuple[torch.Tensor, ...]:
-        """(B, T, n_mels), (B,) -> log-probs (B, T', V), lengths (B,).
-
-        With ``return_intermediate`` (training with ``intermediate_ctc_layer``) a third item
-        holds the intermediate layer's log-probs (B, T', V) from the same output layer.
-        """
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths = self.subsampler(features, lengths)  # (B, T', D)
         packed = self.use_packed(x.device)
-        intermediate = None
-        for number, layer in enumerate(self.layers, start=1):
+        for layer in self.layers:
             x = self.dropout(layer(x, lengths, packed))  # (B, T', 2H)
-            if return_intermediate and number == self.config.intermediate_ctc_layer:
-                intermediate = self.output(x).float().log_softmax(dim=-1)  # (B, T', V)
         logits = self.output(x)  # (B, T', V)
-        log_probs = logits.float().log_softmax(dim=-1)
-        if return_intermediate:
-            return log_probs, lengths, intermediate
-        return log_probs, lengths
+        return logits.float().log_softmax(dim=-1), lengths

@@ -139,7 +139,6 @@ def make_loader(
         seed=config.train.seed,
         num_replicas=dist_info.world_size,
         rank=dist_info.rank,
-        sorted_epochs=config.data.sorted_epochs if shuffle else 0,
     )
     loader = DataLoader(
         dataset,
@@ -227,11 +226,8 @@ def train_step(
     )
     features = spec_augment(features, lengths, config.specaugment)
     with autocast(config, device):
-        log_probs, output_lengths, intermediate = model(features, lengths, return_intermediate=True)
+        log_probs, output_lengths = model(features, lengths)
     loss = ctc_loss(log_probs, output_lengths, batch, device)
-    if intermediate is not None:
-        weight = config.optim.intermediate_ctc_weight
-        loss = (1 - weight) * loss + weight * ctc_loss(intermediate, output_lengths, batch, device)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -566,7 +562,8 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
 
 
 def fit_schedule_to_budget(run: Run, stats: EpochStats) -> None:
-    """Stretch the cosine decay to end as train.max_minutes runs out (optim.schedule: budget).
+    """Fit the cosine decay to end as train.max_minutes runs out (optim.schedule: budget), or
+    with train.epochs if the machine gets through those sooner.
 
     Measured once, over the second whole epoch of a session (the first one also decodes and
     caches the audio): its wall time per step, validation included, sets how many steps the
@@ -579,7 +576,8 @@ def fit_schedule_to_budget(run: Run, stats: EpochStats) -> None:
         return
     seconds_per_step = (time.monotonic() - run.last_epoch_end) / stats.steps
     steps_left = (60 * config.train.max_minutes - run.train_seconds()) / seconds_per_step
-    state.schedule_steps = state.step + max(1, int(steps_left))
+    # A machine fast enough to finish train.epochs within the budget anneals by the epochs.
+    state.schedule_steps = min(state.step + max(1, int(steps_left)), config.train.epochs * stats.steps)
     log(f"schedule fitted to the {config.train.max_minutes:g}-minute budget: {seconds_per_step:.2f} s/step, "
         f"cosine decay ends at step {state.schedule_steps}")
 

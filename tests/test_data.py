@@ -52,20 +52,6 @@ def test_bucket_sampler_is_deterministic_per_epoch_and_resumable():
     assert list(b) == epoch2[5:] and len(b) == len(epoch2) - 5
 
 
-def test_sortagrad_goes_from_short_to_long_in_the_first_epochs_only():
-    frames = librispeech_like_frames(600)
-    sampler = BucketBatchSampler(frames, 20_000, seed=0, sorted_epochs=1)
-
-    def longest_per_batch() -> list[int]:
-        return [max(frames[i] for i in batch) for batch in sampler]
-
-    first = longest_per_batch()
-    assert first == sorted(first)
-    sampler.set_epoch(1)
-    later = longest_per_batch()
-    assert later != sorted(later)  # shuffled from then on
-
-
 def test_bucket_sampler_shards_disjointly_across_ranks():
     frames = librispeech_like_frames(400)
     shards = [BucketBatchSampler(frames, 20_000, seed=0, num_replicas=2, rank=r) for r in range(2)]

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from asr.config import ConfigError, ModelConfig
+from asr.config import ModelConfig
 from asr.model import AcousticModel, reverse_within_lengths
 
 
@@ -67,24 +67,3 @@ def test_weight_dropout_drops_recurrent_weights_in_training_only():
     first.sum().backward()
     hh = model.layers[0].forward_rnn.weight_hh_l0
     assert hh.grad is not None and (hh.grad == 0).any() and hh.grad.abs().sum() > 0  # dropped entries get none
-
-
-def test_intermediate_ctc_reads_the_chosen_layer_through_the_shared_output_layer():
-    torch.manual_seed(0)
-    config = ModelConfig(num_layers=3, hidden_size=16, dropout=0.0, intermediate_ctc_layer=2)
-    model = AcousticModel(config, 20, 10).eval()
-    features, lengths = torch.randn(2, 12, 20), torch.tensor([12, 7])
-    final, out_lengths, intermediate = model(features, lengths, return_intermediate=True)
-    # The same network cut after layer 2 gives exactly the intermediate output.
-    cut = AcousticModel(dataclasses.replace(config, num_layers=2, intermediate_ctc_layer=0), 20, 10).eval()
-    cut.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("layers.2.")})
-    expected, _ = cut(features, lengths)
-    torch.testing.assert_close(intermediate, expected)
-    # Plain calls (inference, export) return log-probs and lengths only, and the same ones.
-    plain = model(features, lengths)
-    assert len(plain) == 2 and torch.equal(plain[0], final) and torch.equal(plain[1], out_lengths)
-    assert model(features, lengths, return_intermediate=True)[2] is not None
-    off = AcousticModel(dataclasses.replace(config, intermediate_ctc_layer=0), 20, 10)
-    assert off(features, lengths, return_intermediate=True)[2] is None
-    with pytest.raises(ConfigError, match="intermediate_ctc_layer"):
-        ModelConfig(num_layers=3, intermediate_ctc_layer=3)

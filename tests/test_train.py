@@ -1,5 +1,6 @@
 """Training end to end on the tone language: overfitting and exact resume."""
 
+import dataclasses
 import json
 
 import pytest
@@ -101,6 +102,11 @@ def test_budget_schedule_ends_the_cosine_when_the_time_budget_does(monkeypatch):
     assert lrs[35] == pytest.approx(0.1 + 0.9 * 0.5, abs=0.03)  # half way down the cosine
     fit_schedule_to_budget(run, EpochStats(steps=10))  # measured once, then kept
     assert state.schedule_steps == 60
+    # A machine that finishes train.epochs (here 5 x 10 steps) within the budget anneals by then.
+    state.schedule_steps = 0
+    run.config = dataclasses.replace(config, train=TrainConfig(epochs=5, max_minutes=1.0))
+    fit_schedule_to_budget(run, EpochStats(steps=10))
+    assert state.schedule_steps == 50
     with pytest.raises(ConfigError, match="max_minutes"):
         ExperimentConfig(optim=OptimConfig(schedule="budget"))
 
