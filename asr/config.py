@@ -102,8 +102,9 @@ class OptimConfig:
     warmup_steps: int = 500  # linear warm-up from 0 to lr
     final_lr_ratio: float = 0.05  # cosine decay ends at lr * final_lr_ratio
     # epochs: the cosine decay spans train.epochs. budget: it ends when train.max_minutes runs
-    # out instead, at the speed this machine measured over the second epoch (validation
-    # included), so a time-capped recipe anneals fully on a slow CPU and a fast one alike.
+    # out instead, at the speed this machine measured over the second epoch of the session
+    # (with its validation and checkpoints; a run validating every few epochs underestimates
+    # the cost of validation), so a time-capped recipe anneals fully on a slow CPU and a fast one.
     schedule: Literal["epochs", "budget"] = "epochs"
     grad_clip: float = 5.0  # max global gradient norm
 

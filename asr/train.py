@@ -363,7 +363,10 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     session_start: float = field(default_factory=time.monotonic)
     trained_before: float = 0.0  # seconds trained by earlier sessions of this run
-    last_epoch_end: float | None = None  # monotonic time the previous epoch of this session ended
+    # Monotonic time rank 0 last passed the schedule-fitting point in end_of_epoch: the fit
+    # measures one whole epoch cycle (training, validation, checkpoints, barrier).
+    last_epoch_end: float | None = None
+    schedule_fitted: bool = False  # the budget schedule was measured in this session
 
     def say(self, message: str) -> None:
         if self.dist.is_main:
@@ -422,7 +425,8 @@ def build_run(config: ExperimentConfig) -> Run:
     # the time budget once fit_schedule_to_budget has measured this machine.
     state = TrainState()
     epoch_steps = config.train.epochs * len(train_sampler)
-    scheduler = make_scheduler(optimizer, config, total_steps=lambda: state.schedule_steps or epoch_steps)
+    scheduler = make_scheduler(optimizer, config, total_steps=lambda: (
+        config.optim.schedule == "budget" and state.schedule_steps) or epoch_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
 
     last_path = out_dir / "last.pt"
@@ -547,6 +551,7 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
         elif run.valid_loader is None:
             save_checkpoint(run.out_dir / "best.pt", checkpoint_payload(run, metrics))
         fit_schedule_to_budget(run, stats)
+        run.last_epoch_end = time.monotonic()
         save_last(run, metrics)
         keep = config.train.keep_epoch_checkpoints
         if keep and state.batch_in_epoch == 0:
@@ -558,19 +563,20 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
             torch.distributed.broadcast(steps, src=0)
             state.schedule_steps = int(steps.item())
         torch.distributed.barrier()
-    run.last_epoch_end = time.monotonic()
 
 
 def fit_schedule_to_budget(run: Run, stats: EpochStats) -> None:
     """Fit the cosine decay to end as train.max_minutes runs out (optim.schedule: budget), or
     with train.epochs if the machine gets through those sooner.
 
-    Measured once, over the second whole epoch of a session (the first one also decodes and
-    caches the audio): its wall time per step, validation included, sets how many steps the
-    rest of the budget holds. Saved in last.pt, so a resumed run keeps the same schedule.
+    Measured once per session, over its second whole epoch (the first one also decodes and
+    caches the audio): the wall time per step of that epoch's cycle (validation and
+    checkpoints included) sets how many steps the rest of the budget holds. Saved in
+    last.pt; a resumed run keeps that length until it has measured again, since it may run
+    on another machine or with a new train.max_minutes.
     """
     config, state = run.config, run.state
-    if config.optim.schedule != "budget" or state.schedule_steps or run.last_epoch_end is None:
+    if config.optim.schedule != "budget" or run.schedule_fitted or run.last_epoch_end is None:
         return
     if stats.stopped or state.batch_in_epoch != 0 or stats.steps == 0:
         return
@@ -578,8 +584,12 @@ def fit_schedule_to_budget(run: Run, stats: EpochStats) -> None:
     steps_left = (60 * config.train.max_minutes - run.train_seconds()) / seconds_per_step
     # A machine fast enough to finish train.epochs within the budget anneals by the epochs.
     state.schedule_steps = min(state.step + max(1, int(steps_left)), config.train.epochs * stats.steps)
+    run.schedule_fitted = True
     log(f"schedule fitted to the {config.train.max_minutes:g}-minute budget: {seconds_per_step:.2f} s/step, "
         f"cosine decay ends at step {state.schedule_steps}")
+    if state.schedule_steps <= config.optim.warmup_steps:
+        log(f"warning: the budget holds only {state.schedule_steps} steps, no more than optim.warmup_steps="
+            f"{config.optim.warmup_steps}: the learning rate will not decay; lower optim.warmup_steps")
 
 
 def train(config: ExperimentConfig) -> TrainState:

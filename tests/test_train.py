@@ -84,26 +84,36 @@ def test_budget_schedule_ends_the_cosine_when_the_time_budget_does(monkeypatch):
 
     config = ExperimentConfig(optim=OptimConfig(lr=1.0, warmup_steps=10, final_lr_ratio=0.1, schedule="budget"),
                               train=TrainConfig(epochs=100, max_minutes=1.0))
-    state = TrainState(epoch=2, step=20)
-    now = 1000.0
-    monkeypatch.setattr(train_module.time, "monotonic", lambda: now)
-    run = SimpleNamespace(config=config, state=state, last_epoch_end=now - 10.0, train_seconds=lambda: 20.0)
-    fit_schedule_to_budget(run, EpochStats(steps=10, start=now - 10.0))
-    # 1 s per step (validation included) and 40 s of the 60 s budget left: 40 more steps.
-    assert state.schedule_steps == 60
+    state = TrainState(epoch=2, step=30)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    # Built before the fit, as in train(): the scheduler must read the fitted length lazily.
     scheduler = make_scheduler(optimizer, config, total_steps=lambda: state.schedule_steps or 10_000)
     lrs = []
-    for _ in range(70):
+    for _ in range(30):
         lrs.append(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
-    assert lrs[9] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.1) and lrs[69] == pytest.approx(0.1)
-    assert lrs[35] == pytest.approx(0.1 + 0.9 * 0.5, abs=0.03)  # half way down the cosine
-    fit_schedule_to_budget(run, EpochStats(steps=10))  # measured once, then kept
-    assert state.schedule_steps == 60
+    now = 1000.0
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: now)
+    run = SimpleNamespace(config=config, state=state, last_epoch_end=now - 10.0, train_seconds=lambda: 25.0,
+                          schedule_fitted=False)
+    fit_schedule_to_budget(run, EpochStats(steps=10))
+    # 1 s per step (validation included) and 35 s of the 60 s budget left: 35 more steps.
+    assert state.schedule_steps == 65
+    for _ in range(45):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[9] == pytest.approx(1.0) and lrs[65] == pytest.approx(0.1) and lrs[74] == pytest.approx(0.1)
+    assert lrs[37] == pytest.approx(0.1 + 0.9 * 0.5, abs=0.03)  # half way down the cosine (steps 10-65)
+    run.last_epoch_end = now - 20.0
+    fit_schedule_to_budget(run, EpochStats(steps=10))  # measured once per session, then kept
+    assert state.schedule_steps == 65
+    run.schedule_fitted = False  # a new session (resumed, maybe elsewhere) measures again: 2 s/step now
+    fit_schedule_to_budget(run, EpochStats(steps=10))
+    assert state.schedule_steps == 30 + 35 // 2
     # A machine that finishes train.epochs (here 5 x 10 steps) within the budget anneals by then.
-    state.schedule_steps = 0
+    run.schedule_fitted, run.last_epoch_end = False, now - 10.0
     run.config = dataclasses.replace(config, train=TrainConfig(epochs=5, max_minutes=1.0))
     fit_schedule_to_budget(run, EpochStats(steps=10))
     assert state.schedule_steps == 50
