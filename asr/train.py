@@ -365,7 +365,7 @@ class Run:
     trained_before: float = 0.0  # seconds trained by earlier sessions of this run
     # Monotonic time rank 0 last passed the schedule-fitting point in end_of_epoch: the fit
     # measures one whole epoch cycle (training, validation, checkpoints, barrier).
-    last_epoch_end: float | None = None
+    schedule_mark: float | None = None
     schedule_fitted: bool = False  # the budget schedule was measured in this session
 
     def say(self, message: str) -> None:
@@ -551,7 +551,7 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
         elif run.valid_loader is None:
             save_checkpoint(run.out_dir / "best.pt", checkpoint_payload(run, metrics))
         fit_schedule_to_budget(run, stats)
-        run.last_epoch_end = time.monotonic()
+        run.schedule_mark = time.monotonic()
         save_last(run, metrics)
         keep = config.train.keep_epoch_checkpoints
         if keep and state.batch_in_epoch == 0:
@@ -576,11 +576,11 @@ def fit_schedule_to_budget(run: Run, stats: EpochStats) -> None:
     on another machine or with a new train.max_minutes.
     """
     config, state = run.config, run.state
-    if config.optim.schedule != "budget" or run.schedule_fitted or run.last_epoch_end is None:
+    if config.optim.schedule != "budget" or run.schedule_fitted or run.schedule_mark is None:
         return
     if stats.stopped or state.batch_in_epoch != 0 or stats.steps == 0:
         return
-    seconds_per_step = (time.monotonic() - run.last_epoch_end) / stats.steps
+    seconds_per_step = (time.monotonic() - run.schedule_mark) / stats.steps
     steps_left = (60 * config.train.max_minutes - run.train_seconds()) / seconds_per_step
     # A machine fast enough to finish train.epochs within the budget anneals by the epochs.
     state.schedule_steps = min(state.step + max(1, int(steps_left)), config.train.epochs * stats.steps)

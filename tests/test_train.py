@@ -95,7 +95,7 @@ def test_budget_schedule_ends_the_cosine_when_the_time_budget_does(monkeypatch):
         scheduler.step()
     now = 1000.0
     monkeypatch.setattr(train_module.time, "monotonic", lambda: now)
-    run = SimpleNamespace(config=config, state=state, last_epoch_end=now - 10.0, train_seconds=lambda: 25.0,
+    run = SimpleNamespace(config=config, state=state, schedule_mark=now - 10.0, train_seconds=lambda: 25.0,
                           schedule_fitted=False)
     fit_schedule_to_budget(run, EpochStats(steps=10))
     # 1 s per step (validation included) and 35 s of the 60 s budget left: 35 more steps.
@@ -106,14 +106,14 @@ def test_budget_schedule_ends_the_cosine_when_the_time_budget_does(monkeypatch):
         scheduler.step()
     assert lrs[9] == pytest.approx(1.0) and lrs[65] == pytest.approx(0.1) and lrs[74] == pytest.approx(0.1)
     assert lrs[37] == pytest.approx(0.1 + 0.9 * 0.5, abs=0.03)  # half way down the cosine (steps 10-65)
-    run.last_epoch_end = now - 20.0
+    run.schedule_mark = now - 20.0
     fit_schedule_to_budget(run, EpochStats(steps=10))  # measured once per session, then kept
     assert state.schedule_steps == 65
     run.schedule_fitted = False  # a new session (resumed, maybe elsewhere) measures again: 2 s/step now
     fit_schedule_to_budget(run, EpochStats(steps=10))
     assert state.schedule_steps == 30 + 35 // 2
     # A machine that finishes train.epochs (here 5 x 10 steps) within the budget anneals by then.
-    run.schedule_fitted, run.last_epoch_end = False, now - 10.0
+    run.schedule_fitted, run.schedule_mark = False, now - 10.0
     run.config = dataclasses.replace(config, train=TrainConfig(epochs=5, max_minutes=1.0))
     fit_schedule_to_budget(run, EpochStats(steps=10))
     assert state.schedule_steps == 50
