@@ -80,6 +80,10 @@ class ModelConfig:
     # Merity et al., 2018): regularises what the cell carries across time, which activation
     # dropout between layers never touches. Training only; 0 = off.
     weight_dropout: float = 0.0
+    # LayerNorm over each bidirectional layer's output (per frame, so padding never leaks in):
+    # keeps every layer's input at a steady scale, as DeepSpeech2's sequence-wise BatchNorm did
+    # to speed up deep recurrent nets' training.
+    layer_norm: bool = False
     rnn_input: Literal["auto", "packed", "padded"] = "auto"  # auto: packed on CUDA, padded on CPU
 
 

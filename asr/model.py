@@ -155,6 +155,9 @@ class AcousticModel(nn.Module):
         self.layers = nn.ModuleList(
             BidirectionalRNN(config.cell, size, config.hidden_size, config.weight_dropout) for size in layer_inputs
         )
+        self.norms = nn.ModuleList(
+            nn.LayerNorm(2 * config.hidden_size) if config.layer_norm else nn.Identity() for _ in layer_inputs
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(2 * config.hidden_size, vocab_size)
 
@@ -166,7 +169,7 @@ class AcousticModel(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths = self.subsampler(features, lengths)  # (B, T', D)
         packed = self.use_packed(x.device)
-        for layer in self.layers:
-            x = self.dropout(layer(x, lengths, packed))  # (B, T', 2H)
+        for layer, norm in zip(self.layers, self.norms):
+            x = self.dropout(norm(layer(x, lengths, packed)))  # (B, T', 2H)
         logits = self.output(x)  # (B, T', V)
         return logits.float().log_softmax(dim=-1), lengths

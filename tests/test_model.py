@@ -28,10 +28,15 @@ def test_output_lengths_for_odd_inputs(subsampling, factor):
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(4, expected.max().item()))
 
 
-@pytest.mark.parametrize("cell, subsampling", [("lstm", "stack"), ("gru", "stack"), ("rnn", "stack"), ("lstm", "conv")])
-def test_padded_equals_packed_and_batch_invariance(cell, subsampling):
+@pytest.mark.parametrize(
+    "cell, subsampling, layer_norm",
+    [("lstm", "stack", False), ("gru", "stack", False), ("rnn", "stack", False), ("lstm", "conv", False),
+     ("lstm", "stack", True)],
+)
+def test_padded_equals_packed_and_batch_invariance(cell, subsampling, layer_norm):
     torch.manual_seed(0)
-    config = ModelConfig(subsampling=subsampling, cell=cell, num_layers=2, hidden_size=24, dropout=0.0)
+    config = ModelConfig(subsampling=subsampling, cell=cell, num_layers=2, hidden_size=24, dropout=0.0,
+                         layer_norm=layer_norm)
     model = AcousticModel(config, 20, 10).eval()
     features = torch.randn(3, 31, 20)
     lengths = torch.tensor([31, 17, 5])
@@ -67,3 +72,10 @@ def test_weight_dropout_drops_recurrent_weights_in_training_only():
     first.sum().backward()
     hh = model.layers[0].forward_rnn.weight_hh_l0
     assert hh.grad is not None and (hh.grad == 0).any() and hh.grad.abs().sum() > 0  # dropped entries get none
+
+
+def test_layer_norm_adds_parameters_only_when_on():
+    plain = AcousticModel(ModelConfig(num_layers=2, hidden_size=8), 20, 10)
+    normed = AcousticModel(ModelConfig(num_layers=2, hidden_size=8, layer_norm=True), 20, 10)
+    assert set(plain.state_dict()) < set(normed.state_dict())  # old checkpoints keep loading
+    assert sum(p.numel() for p in normed.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * 2 * 16
