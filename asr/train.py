@@ -101,9 +101,10 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         numpy_state["kind"], np.asarray(numpy_state["keys"], dtype=np.uint32),
         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"],
     ))
-    torch.set_rng_state(states["torch"])
+    # RNG states are CPU byte tensors; a checkpoint loaded onto the GPU carries them there.
+    torch.set_rng_state(states["torch"].cpu())
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
 def load_utterances(
@@ -319,6 +320,12 @@ def setup_distributed(config: ExperimentConfig) -> tuple[Distributed, torch.devi
     dist_info = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     device = choose_device(config.train.device)
     if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if dist_info.local_rank >= visible:  # NCCL would hang or fail obscurely: one GPU per process
+            raise RuntimeError(
+                f"rank {dist_info.rank}: local rank {dist_info.local_rank} needs a GPU of its own but this machine "
+                f"shows {visible}; run torchrun with --nproc_per_node={visible} or set train.device=cpu (gloo)"
+            )
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
@@ -381,6 +388,7 @@ class EpochStats:
     loss_sum: float = 0.0
     steps: int = 0
     audio_seconds: float = 0.0  # over all ranks
+    data_seconds: float = 0.0  # spent waiting for the loader's next batch (the device idles)
     start: float = field(default_factory=time.monotonic)
     stopped: bool = False  # the step or time budget ran out
 
@@ -392,10 +400,17 @@ class EpochStats:
     def audio_seconds_per_second(self) -> float:
         return self.audio_seconds / max(1e-9, time.monotonic() - self.start)
 
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.data_seconds / max(1e-9, time.monotonic() - self.start)
+
 
 def build_run(config: ExperimentConfig) -> Run:
     """Data, model, optimiser and schedule; resumed from last.pt when it exists."""
     dist_info, device = setup_distributed(config)
+    if config.train.precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.precision=fp16 needs a CUDA device, not {device}: the CPU has no fp16 LSTM; "
+                         "use bf16 (or fp32) on the CPU")
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
@@ -486,9 +501,14 @@ def train_one_epoch(run: Run) -> EpochStats:
     window_audio, window_start = 0.0, time.monotonic()
     progress = tqdm(run.train_loader, desc=f"epoch {state.epoch + 1}/{config.train.epochs}", leave=False,
                     dynamic_ncols=True, disable=None if run.dist.is_main else True)
+    waiting_since = time.monotonic()
     for batch in progress:
+        # train_step ends with loss.item(), which waits for the device: the time from there
+        # to the next batch is time the device sat idle for want of data.
+        stats.data_seconds += time.monotonic() - waiting_since
         if not batch.indices:  # every file of the batch was unreadable (each one reported)
             state.batch_in_epoch += run.dist.world_size
+            waiting_since = time.monotonic()
             continue
         loss = train_step(batch, run.frontend, run.step_model, run.optimizer, run.scheduler, run.scaler, config,
                           run.device)
@@ -509,6 +529,7 @@ def train_one_epoch(run: Run) -> EpochStats:
             save_last(run, {})
         if stats.stopped:
             break
+        waiting_since = time.monotonic()
     progress.close()
     run.train_sampler.set_epoch(state.epoch, state.batch_in_epoch)
     if len(run.train_sampler) == 0:  # nothing left of this epoch (also when stopped on its last batch)
@@ -528,6 +549,7 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
             "train_loss": stats.mean_loss,  # mean over this session's batches of the epoch
             "train_minutes": state.train_seconds / 60,
             "audio_seconds_per_second": stats.audio_seconds_per_second,
+            "data_wait_fraction": stats.data_wait_fraction,
         }
         final = stats.stopped or state.epoch >= config.train.epochs
         if run.valid_loader is not None and (final or state.epoch % config.train.valid_every_epochs == 0):
@@ -541,7 +563,8 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
             log(f"epoch {label}: train loss {metrics['train_loss']:.3f}, valid loss "
                 f"{metrics['valid_loss']:.3f}, WER {100 * metrics['valid_wer']:.2f} %, CER "
                 f"{100 * metrics['valid_cer']:.2f} % ({metrics['train_minutes']:.1f} min, "
-                f"{metrics['audio_seconds_per_second']:.0f} audio-s/s)")
+                f"{metrics['audio_seconds_per_second']:.0f} audio-s/s, waiting for data "
+                f"{100 * metrics['data_wait_fraction']:.0f} % of the time)")
             state.history.append(metrics)
             with open(run.out_dir / "metrics.jsonl", "a") as out:
                 out.write(json.dumps(metrics) + "\n")

@@ -16,6 +16,13 @@ from asr.config import to_dict
 from conftest import tiny_config
 
 
+def write_config(config, folder) -> str:
+    """The config as YAML for the torchrun command line."""
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    return str(path)
+
+
 def torchrun(nproc: int, config_path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -28,9 +35,8 @@ def torchrun(nproc: int, config_path, *overrides: str) -> subprocess.CompletedPr
 @pytest.mark.slow
 def test_two_process_ddp_trains_and_resumes_with_another_world_size(tone_corpus, tmp_path):
     out = tmp_path / "ddp"
-    config = tiny_config(out, tone_corpus, train={"epochs": 3}, data={"max_frames_per_batch": 350})
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(to_dict(config)))
+    config = tiny_config(out, tone_corpus, train={"epochs": 3, "device": "cpu"}, data={"max_frames_per_batch": 350})
+    path = write_config(config, tmp_path)
     # Two ranks, interrupted after 3 steps (mid-epoch 2), ...
     torchrun(2, path, "train.max_steps=3")
     first = load_checkpoint(out / "last.pt")["train_state"]["position"]
@@ -48,10 +54,9 @@ def test_two_process_ddp_trains_and_resumes_with_another_world_size(tone_corpus,
 def test_elastic_restart_after_a_worker_is_killed(tone_corpus, tmp_path):
     out = tmp_path / "elastic"
     # The budget schedule too: rank 0 measures it and broadcasts it to the other rank.
-    config = tiny_config(out, tone_corpus, train={"epochs": 40, "checkpoint_every_steps": 1, "max_minutes": 30.0},
-                         data={"max_frames_per_batch": 350}, optim={"schedule": "budget"})
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(to_dict(config)))
+    config = tiny_config(out, tone_corpus, data={"max_frames_per_batch": 350}, optim={"schedule": "budget"},
+                         train={"epochs": 40, "checkpoint_every_steps": 1, "max_minutes": 30.0, "device": "cpu"})
+    path = write_config(config, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     job = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asr.config import ModelConfig
-from asr.model import AcousticModel, reverse_within_lengths
+from asr.model import AcousticModel, BidirectionalRNN, reverse_within_lengths
 
 
 def test_reverse_within_lengths():
@@ -48,6 +48,30 @@ def test_padded_equals_packed_and_batch_invariance(cell, subsampling, layer_norm
         # An utterance decoded alone gives the same output as inside a padded batch.
         alone, _ = model(features[b : b + 1, : lengths[b]], lengths[b : b + 1])
         torch.testing.assert_close(padded[b, :n], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_fused_packed_layer_matches_padded_in_outputs_and_gradients(cell):
+    """The packed path hands both directions to one bidirectional call (one cuDNN call on a
+    GPU); it must compute what the padded two-direction path computes, gradients included,
+    and add nothing to the state dict."""
+    torch.manual_seed(0)
+    layer = BidirectionalRNN(cell, 12, 16)
+    assert set(layer.state_dict()) == {f"{d}_rnn.{w}_l0" for d in ("forward", "backward")
+                                       for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    x = torch.randn(3, 9, 12)
+    lengths = torch.tensor([9, 4, 1])
+    valid = (torch.arange(9)[None, :] < lengths[:, None])[:, :, None]  # (B, T, 1): padding is not compared
+    results = []
+    for packed in (False, True):
+        layer.zero_grad()
+        out = layer(x, lengths, packed) * valid
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in layer.parameters()]))
+    (padded, padded_grads), (packed, packed_grads) = results
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    for a, b in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_conv_subsampling_puts_time_strides_in_the_last_blocks():

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -128,3 +129,26 @@ def test_budget_schedule_is_measured_in_the_second_epoch_and_saved_for_resume(to
     assert state.schedule_steps > 2 * steps_per_epoch  # fitted at the end of epoch 2: 30 minutes hold many more
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["position"]
     assert saved["schedule_steps"] == state.schedule_steps
+
+
+def test_fp16_on_the_cpu_is_refused_with_a_reason(tone_corpus, tmp_path):
+    config = tiny_config(tmp_path / "fp16", tone_corpus, train={"precision": "fp16", "device": "cpu"})
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        train(config)
+
+
+def test_the_epoch_log_measures_the_time_spent_waiting_for_data(tone_corpus, tmp_path, monkeypatch):
+    from asr.data import SpeechDataset
+
+    load = SpeechDataset._load
+
+    def slow_load(utterance):  # a loader far slower than the tiny model's steps
+        time.sleep(0.25)
+        return load(utterance)
+
+    monkeypatch.setattr(SpeechDataset, "_load", staticmethod(slow_load))
+    slow = train(tiny_config(tmp_path / "slow", tone_corpus, data={"cache_audio": False}, train={"epochs": 1}))
+    monkeypatch.setattr(SpeechDataset, "_load", staticmethod(load))
+    fast = train(tiny_config(tmp_path / "fast", tone_corpus, data={"cache_audio": False}, train={"epochs": 1}))
+    assert slow.history[-1]["data_wait_fraction"] > 0.5
+    assert fast.history[-1]["data_wait_fraction"] < slow.history[-1]["data_wait_fraction"]
