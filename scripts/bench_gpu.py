@@ -1,7 +1,7 @@
 """GPU benchmark: training throughput of the recipe models on one CUDA device, and whether the
 data loader keeps the device busy. One table; every figure measured in this run.
 
-    python scripts/bench_gpu.py [--out BENCH_GPU.md] [--only env,rnn,loader] [--steps 5]
+    python scripts/bench_gpu.py [--out BENCH_GPU.md] [--only env,rnn,loader] [--steps 4] [--workers 0,4,8]
 
 Sections:
   env     the device, torch, CUDA and cuDNN versions.
