@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +35,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr.config import load_config  # noqa: E402
+from asr.config import SAMPLE_RATE, load_config  # noqa: E402
 from asr.data import Batch, Utterance, write_manifest  # noqa: E402
 from asr.features import FeatureFrontend  # noqa: E402
 from asr.librispeech import speed_perturbed  # noqa: E402
 from asr.model import AcousticModel  # noqa: E402
 from asr.train import make_scheduler, train, train_step  # noqa: E402
+from bench import median_seconds  # noqa: E402  (scripts/bench.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {name: ROOT / f"recipes/librispeech/conf/{name}.yaml" for name in ("cpu-small", "100h", "960h")}
-SAMPLE_RATE = 16_000
 UTTERANCE_SECONDS = 12.0  # about LibriSpeech's mean training utterance (12.3 s)
 CHARS_PER_SECOND = 15  # LibriSpeech read speech
 VOCAB = 29  # blank, space, apostrophe, a-z
@@ -94,17 +92,14 @@ def time_training_steps(config, batch: Batch, steps: int) -> tuple[float, float]
     if device.type == "cuda":
         batch = batch.pin_memory()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(2 + steps):
-        start = time.perf_counter()
-        train_step(batch, frontend, model, optimizer, scheduler, scaler, config, device)  # ends in loss.item()
-        if step >= 2:
-            times.append(time.perf_counter() - start)
+    seconds = median_seconds(  # train_step ends in loss.item(), which waits for the device
+        lambda: train_step(batch, frontend, model, optimizer, scheduler, scaler, config, device), steps, warmup=2
+    )
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     del model, optimizer, frontend
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return statistics.median(times), peak
+    return seconds, peak
 
 
 def bench_rnn(steps: int) -> None:
