@@ -43,6 +43,18 @@ class StackingSubsampler(nn.Module):
         return x, torch.div(lengths + self.factor - 1, self.factor, rounding_mode="floor")
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU mask comes from ``torch.rand``: the CPU ``bernoulli_`` behind
+    ``nn.functional.dropout`` draws one number at a time (36 vs 20 ms for a 10 x 533 x 512
+    batch on 2 cores, 9 % of the cpu-small training step). Elsewhere it is ``nn.Dropout``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.rand(x.shape, dtype=x.dtype, device=x.device) >= self.p  # (B, T, C) bool
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 def prime_factors(n: int) -> list[int]:
     """Prime factors in ascending order: 12 -> [2, 2, 3]."""
     factors, divisor = [], 2
@@ -176,7 +188,7 @@ class AcousticModel(nn.Module):
         self.norms = nn.ModuleList(
             nn.LayerNorm(2 * config.hidden_size) if config.layer_norm else nn.Identity() for _ in layer_inputs
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.output = nn.Linear(2 * config.hidden_size, vocab_size)
 
     def use_packed(self) -> bool:

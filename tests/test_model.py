@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asr.config import ModelConfig
-from asr.model import AcousticModel, BidirectionalRNN, reverse_within_lengths
+from asr.model import AcousticModel, BidirectionalRNN, Dropout, reverse_within_lengths
 
 
 def test_reverse_within_lengths():
@@ -26,6 +26,21 @@ def test_output_lengths_for_odd_inputs(subsampling, factor):
     assert out_lengths.tolist() == expected.tolist()
     assert log_probs.shape == (4, expected.max().item(), 29)
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(4, expected.max().item()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_drops_a_fraction_p_and_keeps_the_expectation(dtype):
+    torch.manual_seed(0)
+    dropout = Dropout(0.3)
+    x = torch.ones(20, 100, 64, dtype=dtype, requires_grad=True)
+    y = dropout(x)
+    assert y.dtype == dtype
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.3) < 0.01
+    assert abs(y.float().mean().item() - 1.0) < 0.02  # kept units scaled by 1 / (1 - p)
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y.detach() == 0)  # gradient flows through the kept units only
+    assert torch.equal(dropout.eval()(x), x)
 
 
 @pytest.mark.parametrize(
