@@ -51,7 +51,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0 or x.device.type != "cpu":
             return super().forward(x)
-        keep = torch.rand(x.shape, dtype=x.dtype, device=x.device) >= self.p  # (B, T, C) bool
+        keep = torch.rand(x.shape, device=x.device) >= self.p  # (B, T, C) bool; fp32 draws, even under bf16
         return x * keep * (1.0 / (1.0 - self.p))
 
 
