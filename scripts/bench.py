@@ -51,6 +51,21 @@ def report(section: str, what: str, measured: str, target: str = "") -> None:
     print(f"{section:12s} {what:58s} {measured:>22s}  {target}", flush=True)
 
 
+def write_table(path: str) -> None:
+    """The reported rows as a Markdown table, headed by the machine and the command line."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}.",
+             f"Command: `python scripts/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`", "",
+             "| section | measure | value | target |", "|---|---|---:|---|"]
+    lines += [f"| {s} | {w} | {m} | {t} |" for s, w, m, t in rows]
+    Path(path).write_text("\n".join(lines) + "\n")
+    print(f"written to {path}")
+
+
 def median_seconds(function, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         function()
@@ -317,18 +332,8 @@ def main() -> None:
     if "long" in sections:
         bench_long_audio(args.checkpoint, read_manifest(args.manifest), args.long_minutes)
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    lines = [f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}.",
-             f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`", "",
-             "| section | measure | value | target |", "|---|---|---:|---|"]
-    lines += [f"| {s} | {w} | {m} | {t} |" for s, w, m, t in rows]
     if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
-        print(f"written to {args.out}")
+        write_table(args.out)
 
 
 if __name__ == "__main__":

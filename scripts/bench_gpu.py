@@ -41,22 +41,17 @@ from asr.features import FeatureFrontend  # noqa: E402
 from asr.librispeech import speed_perturbed  # noqa: E402
 from asr.model import AcousticModel  # noqa: E402
 from asr.train import make_scheduler, train, train_step  # noqa: E402
-from bench import median_seconds  # noqa: E402  (scripts/bench.py)
+from asr.text import CharVocabulary  # noqa: E402
+from bench import median_seconds, report, write_table  # noqa: E402  (scripts/bench.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {name: ROOT / f"recipes/librispeech/conf/{name}.yaml" for name in ("cpu-small", "100h", "960h")}
 UTTERANCE_SECONDS = 12.0  # about LibriSpeech's mean training utterance (12.3 s)
 CHARS_PER_SECOND = 15  # LibriSpeech read speech
-VOCAB = 29  # blank, space, apostrophe, a-z
-rows: list[tuple[str, str, str]] = []
+VOCAB = len(CharVocabulary.english())  # blank, space, apostrophe, a-z
 DEVICE = torch.device("cuda")
 DRY_RUN_OVERRIDES = ["model.num_layers=1", "model.hidden_size=16", "data.max_frames_per_batch=2400"]
 overrides: list[str] = []  # added to every recipe config (--dry-run)
-
-
-def report(section: str, what: str, measured: str) -> None:
-    rows.append((section, what, measured))
-    print(f"{section:7s} {what:64s} {measured}", flush=True)
 
 
 def bench_env() -> None:
@@ -198,9 +193,7 @@ def main() -> None:
     if "loader" in sections:
         bench_loader(args.utterances, [int(n) for n in args.workers.split(",")])
     if args.out:
-        lines = ["| section | what | measured |", "| --- | --- | --- |"]
-        lines += [f"| {section} | {what} | {measured} |" for section, what, measured in rows]
-        Path(args.out).write_text("\n".join(lines) + "\n")
+        write_table(args.out)
 
 
 if __name__ == "__main__":
