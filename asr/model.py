@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from asr.config import ModelConfig
 from asr.features import valid_frames
+from asr.phones import NUM_PHONE_LABELS
 
 RNN_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -190,14 +191,29 @@ class AcousticModel(nn.Module):
         )
         self.dropout = Dropout(config.dropout)
         self.output = nn.Linear(2 * config.hidden_size, vocab_size)
+        # Training-only head of the auxiliary phone CTC loss, on a lower layer's output.
+        self.phone_output = (
+            nn.Linear(2 * config.hidden_size, NUM_PHONE_LABELS) if config.phone_ctc_weight > 0 else None
+        )
 
     def use_packed(self) -> bool:
         return self.config.rnn_input == "packed"  # "auto" is padded: faster on CPU and on an H100
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, with_phones: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Character log-probs (B, T', V) and lengths; with_phones adds the phone head's
+        log-probs (B, T', NUM_PHONE_LABELS) from layer ``phone_ctc_layer``."""
         x, lengths = self.subsampler(features, lengths)  # (B, T', D)
         packed = self.use_packed()
-        for layer, norm in zip(self.layers, self.norms):
+        phone_log_probs = None
+        for number, (layer, norm) in enumerate(zip(self.layers, self.norms), start=1):
             x = self.dropout(norm(layer(x, lengths, packed)))  # (B, T', 2H)
+            if with_phones and number == self.config.phone_ctc_layer:
+                if self.phone_output is None:
+                    raise ValueError("with_phones needs model.phone_ctc_weight > 0")
+                phone_log_probs = self.phone_output(x).float().log_softmax(dim=-1)  # (B, T', P)
         logits = self.output(x)  # (B, T', V)
+        if with_phones:
+            return logits.float().log_softmax(dim=-1), lengths, phone_log_probs
         return logits.float().log_softmax(dim=-1), lengths

@@ -19,7 +19,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from asr.decoding import GreedyDecoder
 from asr.features import FeatureFrontend, StatsAccumulator, spec_augment, vtlp_filter_banks
 from asr.metrics import error_counts
 from asr.model import AcousticModel
+from asr.phones import phonemize
 from asr.text import CharVocabulary
 
 
@@ -198,13 +199,19 @@ def autocast(config: ExperimentConfig, device: torch.device):
 # --------------------------------------------------------------------------- steps
 
 
-def ctc_loss(log_probs: torch.Tensor, output_lengths: torch.Tensor, batch: Batch, device: torch.device) -> torch.Tensor:
+def ctc_loss(
+    log_probs: torch.Tensor,
+    output_lengths: torch.Tensor,
+    labels: torch.Tensor,
+    label_lengths: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
     """Mean over the batch of the per-label CTC loss; impossible alignments contribute 0."""
     return torch.nn.functional.ctc_loss(
         log_probs.transpose(0, 1),  # (T', B, V): ctc_loss wants time first
-        batch.labels.to(device),
+        labels.to(device),
         output_lengths,
-        batch.label_lengths.to(device),
+        label_lengths.to(device),
         blank=0,
         reduction="mean",
         zero_infinity=True,
@@ -220,17 +227,31 @@ def train_step(
     scaler: torch.amp.GradScaler,
     config: ExperimentConfig,
     device: torch.device,
+    phone_labels: Sequence[torch.Tensor] | None = None,  # per dataset index; for model.phone_ctc_weight > 0
 ) -> float:
+    """One optimiser step; returns the character CTC loss (without the auxiliary phone loss)."""
     warped_banks = vtlp_filter_banks(frontend.log_mel, len(batch.waveform_lengths), config.specaugment)
     features, lengths = frontend(
         batch.waveforms.to(device, non_blocking=True), batch.waveform_lengths.to(device), warped_banks
     )
     features = spec_augment(features, lengths, config.specaugment)
+    phone_weight = config.model.phone_ctc_weight
     with autocast(config, device):
-        log_probs, output_lengths = model(features, lengths)
-    loss = ctc_loss(log_probs, output_lengths, batch, device)
+        if phone_weight > 0:
+            log_probs, output_lengths, phone_log_probs = model(features, lengths, with_phones=True)
+        else:
+            log_probs, output_lengths = model(features, lengths)
+    loss = ctc_loss(log_probs, output_lengths, batch.labels, batch.label_lengths, device)
+    total = loss
+    if phone_weight > 0:
+        if phone_labels is None:
+            raise ValueError("model.phone_ctc_weight > 0 needs the training utterances' phone labels")
+        phones = [phone_labels[i] for i in batch.indices]
+        padded = torch.nn.utils.rnn.pad_sequence(phones, batch_first=True)  # (B, max_phones)
+        phone_lengths = torch.tensor([len(p) for p in phones], dtype=torch.long)
+        total = loss + phone_weight * ctc_loss(phone_log_probs, output_lengths, padded, phone_lengths, device)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(total).backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
     scaler.step(optimizer)
@@ -259,7 +280,8 @@ def validate(
         features, lengths = frontend(batch.waveforms.to(device), batch.waveform_lengths.to(device))
         with autocast(config, device):
             log_probs, output_lengths = model(features, lengths)
-        total_loss += ctc_loss(log_probs, output_lengths, batch, device).item() * len(batch.indices)
+        loss = ctc_loss(log_probs, output_lengths, batch.labels, batch.label_lengths, device)
+        total_loss += loss.item() * len(batch.indices)
         hypotheses += [h.text for h in decoder(log_probs, output_lengths)]
         references += [utterances[i].text for i in batch.indices]
     model.train()
@@ -374,6 +396,7 @@ class Run:
     # measures one whole epoch cycle (training, validation, checkpoints, barrier).
     schedule_mark: float | None = None
     schedule_fitted: bool = False  # the budget schedule was measured in this session
+    phone_labels: list[torch.Tensor] | None = None  # per training utterance, for the phone CTC loss
 
     def say(self, message: str) -> None:
         if self.dist.is_main:
@@ -463,7 +486,24 @@ def build_run(config: ExperimentConfig) -> Run:
         config, dist_info, device, vocabulary, frontend, model, step_model, optimizer, scheduler, scaler,
         train_loader, train_sampler, valid_loader, TensorBoard(out_dir / "tensorboard") if dist_info.is_main else None,
         out_dir, state, trained_before=state.train_seconds,
+        phone_labels=training_phone_labels(train_utts, config, out_dir, dist_info, say),
     )
+
+
+def training_phone_labels(
+    utterances: Sequence[Utterance], config: ExperimentConfig, out_dir: Path, dist_info: Distributed, say=log
+) -> list[torch.Tensor] | None:
+    """espeak-ng phone labels for each training utterance, or None when the phone loss is off.
+    Rank 0 keeps espeak-ng's output in out_dir/phones.json for resumed runs."""
+    if config.model.phone_ctc_weight <= 0:
+        return None
+    texts = [u.text for u in utterances]
+    by_text = phonemize(texts, out_dir / "phones.json" if dist_info.is_main else None)
+    labels = [torch.tensor(by_text[text], dtype=torch.long) for text in texts]
+    phones, chars = sum(len(l) for l in labels), sum(len(t) for t in texts)
+    say(f"phone CTC (weight {config.model.phone_ctc_weight}, layer {config.model.phone_ctc_layer}): "
+        f"{len(by_text)} transcripts phonemised with espeak-ng, {phones / max(1, chars):.2f} phones per character")
+    return labels
 
 
 def resume(path, config, frontend, model, optimizer, scheduler, scaler, device, state: TrainState, say=log) -> None:
@@ -511,7 +551,7 @@ def train_one_epoch(run: Run) -> EpochStats:
             waiting_since = time.monotonic()
             continue
         loss = train_step(batch, run.frontend, run.step_model, run.optimizer, run.scheduler, run.scaler, config,
-                          run.device)
+                          run.device, run.phone_labels)
         state.step += 1
         state.batch_in_epoch += run.dist.world_size  # counted in global batches
         audio = batch.waveform_lengths.sum().item() / config.features.sample_rate * run.dist.world_size

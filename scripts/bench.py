@@ -141,7 +141,7 @@ def bench_training(manifest: str | None, peaks: dict[str, float], repeats: int, 
             features, lengths = frontend(batch.waveforms, batch.waveform_lengths)
             with autocast(config, device):
                 log_probs, output_lengths = model(features, lengths)
-            loss = ctc_loss(log_probs, output_lengths, batch, device)
+            loss = ctc_loss(log_probs, output_lengths, batch.labels, batch.label_lengths, device)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

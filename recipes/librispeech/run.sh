@@ -64,6 +64,10 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
 fi
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   echo "== stage 2: train ($gpus process(es))"
+  # The auxiliary phone CTC loss phonemises the training transcripts with espeak-ng.
+  phones=$(python -c "import sys; from asr.config import load_config; print(int(load_config(sys.argv[1], sys.argv[2:]).model.phone_ctc_weight > 0))" \
+    "$conf" "${user_overrides[@]}")
+  [ "$phones" = 1 ] && bash scripts/ensure_espeak.sh
   if [ "$gpus" -gt 1 ]; then
     torchrun --standalone --nproc_per_node "$gpus" -m asr.train "$conf" "${overrides[@]}" "${user_overrides[@]}"
   else
