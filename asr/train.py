@@ -443,6 +443,7 @@ def build_run(config: ExperimentConfig) -> Run:
 
     vocabulary = CharVocabulary.english()
     train_utts, valid_utts = load_utterances(config, vocabulary, say)
+    phone_labels = training_phone_labels(train_utts, config, out_dir, dist_info, say)  # early: needs espeak-ng
     train_set = SpeechDataset(train_utts, vocabulary, cache_audio=config.data.cache_audio)
     train_loader, train_sampler = make_loader(train_set, config, shuffle=True, device=device, dist_info=dist_info)
     valid_loader = None
@@ -486,7 +487,7 @@ def build_run(config: ExperimentConfig) -> Run:
         config, dist_info, device, vocabulary, frontend, model, step_model, optimizer, scheduler, scaler,
         train_loader, train_sampler, valid_loader, TensorBoard(out_dir / "tensorboard") if dist_info.is_main else None,
         out_dir, state, trained_before=state.train_seconds,
-        phone_labels=training_phone_labels(train_utts, config, out_dir, dist_info, say),
+        phone_labels=phone_labels,
     )
 
 
