@@ -204,14 +204,14 @@ class AcousticModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Character log-probs (B, T', V) and lengths; with_phones adds the phone head's
         log-probs (B, T', NUM_PHONE_LABELS) from layer ``phone_ctc_layer``."""
+        if with_phones and self.phone_output is None:
+            raise ValueError("with_phones needs model.phone_ctc_weight > 0")
         x, lengths = self.subsampler(features, lengths)  # (B, T', D)
         packed = self.use_packed()
         phone_log_probs = None
         for number, (layer, norm) in enumerate(zip(self.layers, self.norms), start=1):
             x = self.dropout(norm(layer(x, lengths, packed)))  # (B, T', 2H)
             if with_phones and number == self.config.phone_ctc_layer:
-                if self.phone_output is None:
-                    raise ValueError("with_phones needs model.phone_ctc_weight > 0")
                 phone_log_probs = self.phone_output(x).float().log_softmax(dim=-1)  # (B, T', P)
         logits = self.output(x)  # (B, T', V)
         if with_phones:
