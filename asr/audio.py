@@ -9,9 +9,10 @@ import soundfile
 import soxr
 
 from asr.config import SAMPLE_RATE
+from asr.errors import AsrError
 
 
-class AudioError(Exception):
+class AudioError(AsrError):
     """An audio file could not be used; the message names the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

@@ -22,12 +22,13 @@ from typing import Any
 import torch
 
 from asr import __version__
+from asr.errors import AsrError
 
 CHECKPOINT_FORMAT = "asr-checkpoint"
 CHECKPOINT_VERSION = 1  # bump when the layout or the network's parameter names change
 
 
-class CheckpointError(Exception):
+class CheckpointError(AsrError):
     """A checkpoint is missing, corrupt or from an incompatible version."""
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from asr.errors import AsrError
+
 SAMPLE_RATE = 16_000  # Hz; every model works at 16 kHz, audio is resampled on load
 HOP_MS = 10  # feature frame shift
 WINDOW_MS = 25  # analysis window
@@ -25,7 +27,7 @@ WIN_LENGTH = SAMPLE_RATE * WINDOW_MS // 1000  # 400 samples
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 
 
-class ConfigError(ValueError):
+class ConfigError(AsrError, ValueError):
     """A configuration file or override is invalid."""
 
 

@@ -23,10 +23,11 @@ from torch.utils.data import Dataset, Sampler
 
 from asr.audio import AudioError, audio_duration, load_audio
 from asr.config import FRAMES_PER_SECOND, SAMPLE_RATE
+from asr.errors import AsrError
 from asr.text import CharVocabulary, OutOfVocabularyError, normalize_text
 
 
-class ManifestError(ValueError):
+class ManifestError(AsrError, ValueError):
     """A manifest file is missing or malformed; the message names the file and line."""
 
 

@@ -21,10 +21,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from asr.errors import AsrError
+
 CHUNK_BYTES = 1 << 20
 
 
-class DownloadError(Exception):
+class DownloadError(AsrError):
     """A download or extraction failed; the message says which file and why."""
 
 

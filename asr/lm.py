@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from asr.errors import AsrError
 from asr.text import CharVocabulary, normalize_text
 
 # Where scripts/build_kenlm.sh installs lmplz and build_binary.
@@ -36,7 +37,7 @@ CHAR_LM_SPACE = "|"  # how a character LM spells the space between words
 MAX_LM_ORDER = 6
 
 
-class LanguageModelError(ValueError):
+class LanguageModelError(AsrError, ValueError):
     """A language model, lexicon or KenLM tool that cannot be used; names the file and why."""
 
 

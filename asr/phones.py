@@ -17,6 +17,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from asr.errors import AsrError
+
 ESPEAK_VOICE = "en-us"
 # espeak-ng's en-us IPA, one token per phone (a long vowel keeps its length mark), ordered
 # by frequency over the 49 k most frequent English words of wordfreq; the handful of rarer
@@ -33,7 +35,7 @@ _PHONE = re.compile(r"\S\u02d0?")  # one symbol, with its length mark if it has 
 _CHUNK = 500  # transcripts per espeak-ng call
 
 
-class PhonemizerError(RuntimeError):
+class PhonemizerError(AsrError):
     """espeak-ng is missing or failed."""
 
 

@@ -7,13 +7,15 @@ import string
 import unicodedata
 from collections.abc import Iterable, Sequence
 
+from asr.errors import AsrError
+
 BLANK = "<blank>"
 # Quote marks that mean an apostrophe inside words ("don’t").
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _SPACES = re.compile(r"\s+")
 
 
-class OutOfVocabularyError(ValueError):
+class OutOfVocabularyError(AsrError, ValueError):
     """A transcript holds characters the vocabulary cannot spell."""
 
     def __init__(self, text: str, unknown: set[str]) -> None:
