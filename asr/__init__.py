@@ -1,8 +1,10 @@
 """asr: a small, fast BiLSTM-CTC speech recognition toolkit."""
 
+from asr.errors import AsrError  # catch this for every error a user can cause
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["AsrError", "__version__", "load_model"]
 
 
 def load_model(path, device="cpu"):

@@ -16,7 +16,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     report = scan_librispeech(args.data_dir)
     for label, items in (("missing audio", report.missing_audio), ("no transcript", report.missing_transcripts),
-                         ("unreadable audio", report.unreadable)):
+                         ("unreadable audio", report.unreadable), ("a bad transcript line (skipped)", report.bad_lines)):
         if items:
             print(f"{len(items)} with {label}:", file=sys.stderr)
             for item in items[:20]:
@@ -30,7 +30,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     outputs = [(args.out, utterances)]
     if args.dev_out:
         held_out = args.dev_speaker_ids.split(",") if args.dev_speaker_ids else args.dev_speakers
-        train, dev = split_by_speaker(utterances, held_out, seed=args.seed)
+        try:
+            train, dev = split_by_speaker(utterances, held_out, seed=args.seed)
+        except ValueError as err:  # too many or unknown speakers: the flags' fault
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
         outputs = [(args.out, train), (args.dev_out, dev)]
     if args.speed_perturb:
         from asr.librispeech import speed_perturbed
@@ -74,14 +78,34 @@ def cmd_average(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from asr.package import PackageError, package_model, push_to_hub
+
+    evaluations = {}
+    for item in args.eval:
+        set_name, sep, manifest = item.partition("=")
+        if not sep or not set_name or not manifest:
+            raise PackageError(f"--eval {item!r}: write NAME=MANIFEST, e.g. dev-clean=data/dev-clean.jsonl")
+        evaluations[set_name] = manifest
+    report = package_model(args.checkpoint, args.out_dir, evaluations, sample=args.sample, license=args.license,
+                           datasets=args.dataset, name=args.name)
+    print(f"{report.folder}: {', '.join(report.files)}")
+    for result in report.evaluations:
+        print(f"  {result.name}: WER {100 * result.wer:.2f} %, CER {100 * result.cer:.2f} % "
+              f"({result.utterances} utterances, decoding: {report.decoding})")
+    if args.push_to_hub:
+        print(f"uploaded to {push_to_hub(report.folder, args.push_to_hub, private=args.private)}")
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from asr.config import load_config
     from asr.train import train
 
     config = load_config(args.config, args.overrides)
     state = train(config)
-    print(f"finished: {state.step} steps, {state.epoch} epochs, best valid CER "
-          f"{100 * state.best_cer:.2f} %; checkpoints in {config.train.out_dir}")
+    best = "no validation set" if state.best_cer == float("inf") else f"best valid CER {100 * state.best_cer:.2f} %"
+    print(f"finished: {state.step} steps, {state.epoch} epochs, {best}; checkpoints in {config.train.out_dir}")
     return EXIT_OK
 
 
@@ -103,7 +127,10 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tuned_settings_path(checkpoint: str) -> Path:
-    return Path(checkpoint + ".decoding.yaml")
+    """CKPT.decoding.yaml beside a checkpoint, or decoding.yaml inside a model folder."""
+    from asr.package import tuned_settings_file
+
+    return tuned_settings_file(checkpoint)
 
 
 def decoding_settings(args: argparse.Namespace):
@@ -142,41 +169,56 @@ def load_recognizer(args: argparse.Namespace):
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from asr.transcribe import format_srt, format_vtt, subtitle_cues
+    from asr.atomic import atomic_write
+    from asr.writers import json_record, output_names, render
 
     if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:
         print(f"error: --format {args.format} with several files needs --output-dir", file=sys.stderr)
         return EXIT_USAGE
+    targets: list[Path] = []
+    if args.output_dir:  # checked before any transcription: a late failure would lose every result
+        out_dir = Path(args.output_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            print(f"error: --output-dir {out_dir} exists and is not a folder", file=sys.stderr)
+            return EXIT_USAGE
+        targets = [out_dir / name for name in output_names(args.files, args.format)]
+        try:
+            for folder in sorted({t.parent for t in targets}):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(f"error: cannot create the output folder: {err}", file=sys.stderr)
+            return EXIT_USAGE
     recognizer = load_recognizer(args)
     results = recognizer.transcribe(args.files)
-    for result in results:
+    failures = 0
+    for index, result in enumerate(results):
+        for warning in result.warnings:
+            print(f"warning: {result.path}: {warning}", file=sys.stderr)
         if not result.ok:
+            failures += 1
             print(f"error: {result.path}: {result.error}", file=sys.stderr)
             if args.format == "json":
-                print(json.dumps({"path": result.path, "error": result.error}, ensure_ascii=False))
+                print(json.dumps(json_record(result), ensure_ascii=False))
             continue
-        if args.format == "json":
-            words = [{"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence} for w in result.words]
-            output = json.dumps({"path": result.path, "text": result.text, "duration": round(result.duration, 3),
-                                 "words": words}, ensure_ascii=False)
-        elif args.format in ("srt", "vtt"):
-            cues = subtitle_cues(result.words)
-            output = format_srt(cues) if args.format == "srt" else format_vtt(cues)
+        if targets:
+            try:
+                with atomic_write(targets[index]) as out:
+                    out.write(render(result, args.format))
+            except OSError as err:  # e.g. disk full: report, keep the other results
+                failures += 1
+                print(f"error: {result.path}: cannot write {targets[index]}: {err}", file=sys.stderr)
+        elif args.format == "text" and len(results) > 1:
+            print(f"{result.path}\t{result.text}")
         else:
-            output = f"{result.path}\t{result.text}" if len(results) > 1 and not args.output_dir else result.text
-        if args.output_dir:
-            target = Path(args.output_dir) / (Path(result.path).stem + "." + ("txt" if args.format == "text" else args.format))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(output + ("\n" if not output.endswith("\n") else ""), encoding="utf-8")
-        else:
-            print(output)
-    return EXIT_FAILURES if any(not r.ok for r in results) else EXIT_OK
+            print(render(result, args.format), end="")
+    return EXIT_FAILURES if failures else EXIT_OK
 
 
 def write_utterance_scores(path: str, report) -> None:
     """One JSON line per utterance: id, reference, hypothesis and its error counts."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as out:
+    from asr.atomic import atomic_write
+
+    with atomic_write(path) as out:
         for score in report.scores:
             record = {"id": score.id, "reference": score.reference, "hypothesis": score.hypothesis}
             for unit, counts in (("word", score.words), ("char", score.chars)):
@@ -186,19 +228,24 @@ def write_utterance_scores(path: str, report) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from asr.transcribe import evaluate_manifest
+    from asr.atomic import atomic_write
+    from asr.evaluate import evaluate_manifest
 
     recognizer = load_recognizer(args)
     report = evaluate_manifest(recognizer, args.manifest)
+    for problem in report.skipped:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     text = f"{args.checkpoint} on {args.manifest}, decoding: {recognizer.decoding.describe()}\n" + report.format(worst=args.worst)
     print(text)
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(text + "\n")
+        with atomic_write(args.report) as out:
+            out.write(text + "\n")
         print(f"report written to {args.report}", file=sys.stderr)
     if args.utterances:
         write_utterance_scores(args.utterances, report)
-    return EXIT_FAILURES if report.failed else EXIT_OK
+    return EXIT_OK if report.complete else EXIT_FAILURES
 
 
 def cmd_lm_build(args: argparse.Namespace) -> int:
@@ -214,23 +261,31 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_lm(args: argparse.Namespace) -> int:
-    from asr.data import read_manifest
     from asr.decoding import BeamSearchOptions, DecodingSettings, save_decoding_settings
+    from asr.manifest import ManifestError, read_manifest_lines
     from asr.transcribe import load_model
     from asr.tune import compute_emissions, fingerprint, load_emissions, save_emissions, tune_lm
 
-    utterances = read_manifest(args.manifest)
+    reading = read_manifest_lines(args.manifest)
+    for problem in reading.problems:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    if not reading.utterances:
+        raise ManifestError(f"{args.manifest}: no utterance to tune on")
+    utterances = reading.utterances
     recognizer = load_model(args.checkpoint, device=args.device)
-    identity = fingerprint(args.checkpoint, utterances)
+    identity = fingerprint(args.checkpoint, utterances, recognizer.window_seconds)
     emissions = load_emissions(args.emissions_cache, identity) if args.emissions_cache else None
     if emissions is None:
-        emissions = compute_emissions(recognizer, utterances, identity)
+        labels = [f"{args.manifest}:{n}" for n in reading.line_numbers]
+        emissions = compute_emissions(recognizer, utterances, identity, labels)
         if args.emissions_cache:
             save_emissions(args.emissions_cache, emissions)
     else:
         print(f"emissions from {args.emissions_cache}", file=sys.stderr)
     for failure in emissions.failed:
         print(f"warning: skipped {failure}", file=sys.stderr)
+    if not emissions.ids:
+        raise ManifestError(f"{args.manifest}: none of its utterances could be scored")
     resolve = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731  (settings outlive the cwd)
     base = DecodingSettings("beam", resolve(args.lm), resolve(args.lexicon),
                             BeamSearchOptions(beam_size=args.beam, beam_threshold=args.beam_threshold))
@@ -304,17 +359,36 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--out", required=True, help="output checkpoint")
     average.set_defaults(func=cmd_average)
 
+    package = commands.add_parser("package", help="write a model folder (safetensors, model card) for sharing")
+    package.add_argument("checkpoint", help="checkpoint (its CHECKPOINT.decoding.yaml and the LM it names come along)")
+    package.add_argument("out_dir", help="new folder to write (must not exist)")
+    package.add_argument("--eval", action="append", default=[], metavar="NAME=MANIFEST",
+                         help="measure WER/CER on this manifest for the model card (repeatable)")
+    package.add_argument("--sample", help="an audio file of at most 30 s to include (transcribed in the model card)")
+    package.add_argument("--license", default="apache-2.0", help="model card license id (default apache-2.0)")
+    package.add_argument("--dataset", action="append", default=[], help="training dataset id for the model card "
+                         "(repeatable), e.g. librispeech_asr")
+    package.add_argument("--name", help="model name in the card (default: the folder's name)")
+    package.add_argument("--push-to-hub", metavar="ORG/NAME", help="then upload it to the Hugging Face Hub "
+                         "(needs the hub extra and a login)")
+    package.add_argument("--private", action="store_true", help="with --push-to-hub: a private repository")
+    package.set_defaults(func=cmd_package)
+
     train = commands.add_parser("train", help="train (or resume) from a YAML config")
     train.add_argument("config", help="experiment YAML (see recipes/)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
     train.set_defaults(func=cmd_train)
 
     transcribe = commands.add_parser("transcribe", help="transcribe audio files")
-    transcribe.add_argument("checkpoint", help="checkpoint written by 'asr train'")
+    transcribe.add_argument("checkpoint", help="checkpoint written by 'asr train', model folder ('asr package') "
+                            "or hf://ORG/NAME")
     transcribe.add_argument("files", nargs="+", help="audio files (anything libsndfile reads)")
     transcribe.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text",
                             help="json, srt and vtt carry word start/end times (json also word confidences)")
-    transcribe.add_argument("--output-dir", help="write one file per input (NAME.txt/.json/.srt/.vtt) here")
+    transcribe.add_argument("--output-dir", help="write one file per input here, under its path below the inputs' "
+                            "common folder with .txt/.json/.srt/.vtt for its extension (d1/a.flac d2/a.flac -> "
+                            "d1/a.json d2/a.json); inputs that would share a name keep their extension too "
+                            "(a.flac a.wav -> a.flac.json a.wav.json)")
     transcribe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     add_decoding_arguments(transcribe)
     transcribe.set_defaults(func=cmd_transcribe)
@@ -372,20 +446,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DOWNLOAD_OPTIONS = ("--subsets", "--dest", "--mirror", "--lm")  # only prepare-librispeech takes these
+
+
+def prepare_librispeech_argv(argv: list[str]) -> list[str]:
+    """``asr prepare librispeech ...`` is the download command, unless a folder named
+    ``librispeech`` is here and no download option is given: then it is that folder."""
+    folder = Path("librispeech")
+    wants_download = any(arg.startswith(DOWNLOAD_OPTIONS) for arg in argv[2:])
+    if folder.is_dir() and not wants_download:
+        print(f"note: reading 'librispeech' as the folder {folder.resolve()}; for the download command run "
+              "`asr prepare-librispeech --subsets ... --dest ...`", file=sys.stderr)
+        return argv
+    if folder.exists():
+        print("note: reading `prepare librispeech` as the download command (it has download options); for the "
+              "local folder write `asr prepare ./librispeech OUT`", file=sys.stderr)
+    return ["prepare-librispeech", *argv[2:]]
+
+
 def main(argv: list[str] | None = None) -> int:
-    from asr.audio import AudioError
-    from asr.checkpoint import CheckpointError
-    from asr.config import ConfigError
-    from asr.data import ManifestError
-    from asr.download import DownloadError
+    from asr.errors import AsrError
+    from asr.threads import adjust_threads
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["prepare", "librispeech"]:  # `asr prepare librispeech ...` reads naturally
-        argv = ["prepare-librispeech", *argv[2:]]
+        argv = prepare_librispeech_argv(argv)
     args = build_parser().parse_args(argv)
     try:
+        adjust_threads()  # ASR_THREADS checked, and the free cores first sampled, before any work
         return args.func(args)
-    except (CheckpointError, ConfigError, ManifestError, AudioError, DownloadError, FileNotFoundError, ValueError) as err:
+    except AsrError as err:  # what a user can fix; anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

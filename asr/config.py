@@ -9,6 +9,7 @@ settings it was trained with.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,16 +20,55 @@ import yaml
 
 from asr.errors import AsrError
 
-SAMPLE_RATE = 16_000  # Hz; every model works at 16 kHz, audio is resampled on load
+# Defaults only: the config's FeatureConfig is the one source of truth for a run's sample
+# rate and frame rate (training, inference and export all read it).
+SAMPLE_RATE = 16_000  # Hz; audio is resampled to features.sample_rate on load
 HOP_MS = 10  # feature frame shift
 WINDOW_MS = 25  # analysis window
 HOP_LENGTH = SAMPLE_RATE * HOP_MS // 1000  # 160 samples
 WIN_LENGTH = SAMPLE_RATE * WINDOW_MS // 1000  # 400 samples
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 
 
 class ConfigError(AsrError, ValueError):
     """A configuration file or override is invalid."""
+
+
+def _satisfies(value: float, rule: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    if rule.startswith(">="):
+        return value >= float(rule[2:])
+    if rule.startswith(">"):
+        return value > float(rule[1:])
+    low, high = (float(bound) for bound in rule[1:-1].split(","))  # "[0, 1)": brackets say closed or open
+    above = low <= value if rule[0] == "[" else low < value
+    below = value <= high if rule[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(section: str, config: Any, **rules: str) -> None:
+    """Raise ConfigError naming ``section.key`` when a numeric field is outside its range.
+
+    A rule is ">= 1", "> 0" or an interval such as "[0, 1)"; NaN and infinity never pass;
+    None (an unset optional value) always does; each element of a tuple is checked.
+    """
+    for name, rule in rules.items():
+        value = getattr(config, name)
+        for element in value if isinstance(value, tuple) else (value,):
+            if element is not None and not _satisfies(element, rule):
+                where = f"in {rule}" if rule[0] in "[(" else rule
+                raise ConfigError(f"{section}.{name} must be {where}, got {value!r}")
+
+
+def prime_factors(n: int) -> list[int]:
+    """Prime factors in ascending order: 12 -> [2, 2, 3]."""
+    factors, divisor = [], 2
+    while n > 1:
+        while n % divisor == 0:
+            factors.append(divisor)
+            n //= divisor
+        divisor += 1
+    return factors
 
 
 @dataclass(frozen=True)
@@ -46,6 +86,22 @@ class FeatureConfig:
     # the speaker's spectral tilt; the global std then scales what is left.
     normalization: Literal["global", "utterance"] = "global"
 
+    def __post_init__(self) -> None:
+        check_ranges("features", self, sample_rate=">= 1", n_fft=">= 1", hop_length=">= 1", n_mels=">= 1",
+                     log_floor="> 0")
+        check_ranges("features", self, win_length=f"[1, {self.n_fft}]")  # torch.stft: the window fits the FFT
+        nyquist = self.sample_rate / 2
+        check_ranges("features", self, f_min=f"[0, {nyquist:g})", f_max=f"({self.f_min:g}, {nyquist:g}]")
+
+    def num_frames(self, num_samples: Any) -> Any:
+        """Feature frames of ``num_samples`` samples (an int or a tensor of lengths): the one
+        frame-count formula. A centred STFT pads n_fft // 2 on both sides, so every hop starts a frame."""
+        return num_samples // self.hop_length + 1
+
+    def frames_for_duration(self, seconds: float) -> int:
+        """Feature frames of ``seconds`` of audio at this sample rate (manifest durations)."""
+        return self.num_frames(round(seconds * self.sample_rate))
+
 
 @dataclass(frozen=True)
 class SpecAugmentConfig:
@@ -62,10 +118,8 @@ class SpecAugmentConfig:
     warp_boundary: float = 0.6  # fraction of Nyquist above which the warp bends back to Nyquist
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.warp_factor < 1.0:
-            raise ConfigError(f"specaugment.warp_factor must be in [0, 1), got {self.warp_factor}")
-        if not 0.0 < self.warp_boundary < 1.0:
-            raise ConfigError(f"specaugment.warp_boundary must be in (0, 1), got {self.warp_boundary}")
+        check_ranges("specaugment", self, freq_masks=">= 0", freq_width=">= 0", time_masks=">= 0",
+                     time_width=">= 0", time_width_ratio="[0, 1]", warp_factor="[0, 1)", warp_boundary="(0, 1)")
 
 
 @dataclass(frozen=True)
@@ -97,8 +151,16 @@ class ModelConfig:
     phone_ctc_layer: int = 2  # 1-based recurrent layer that feeds the phone head
 
     def __post_init__(self) -> None:
-        if self.phone_ctc_weight < 0:
-            raise ConfigError(f"model.phone_ctc_weight must be >= 0, got {self.phone_ctc_weight}")
+        check_ranges("model", self, subsampling_factor=">= 1", conv_channels=">= 1", conv_layers=">= 1",
+                     num_layers=">= 1", hidden_size=">= 1", dropout="[0, 1)", weight_dropout="[0, 1)",
+                     phone_ctc_weight=">= 0", phone_ctc_layer=">= 1")
+        strides = prime_factors(self.subsampling_factor)
+        if self.subsampling == "conv" and not 1 <= len(strides) <= self.conv_layers:
+            raise ConfigError(
+                f"model.subsampling=conv by model.subsampling_factor={self.subsampling_factor} needs "
+                f"{len(strides) or 1} to model.conv_layers={self.conv_layers} strided blocks; "
+                "raise model.conv_layers or use a factor >= 2"
+            )
         if self.phone_ctc_weight > 0 and not 1 <= self.phone_ctc_layer <= self.num_layers:
             raise ConfigError(
                 f"model.phone_ctc_layer must be in 1..{self.num_layers} (model.num_layers), got {self.phone_ctc_layer}"
@@ -116,6 +178,18 @@ class DataConfig:
     num_workers: int = 0
     cache_audio: bool = True  # keep decoded training audio in RAM (small corpora, num_workers=0)
     stats_utterances: int = 2000  # utterances used to estimate the normalisation statistics
+    # Share of training utterances trained inside joins of 2 to join_max_utterances of one
+    # speaker, with silence before and between them. A model that only ever saw speech start
+    # at its input's first frame drops the first word of each utterance in long recordings
+    # (scripts/long_audio.py; recipes/espeak/RESULTS.md); joins teach it pauses and context.
+    join_fraction: float = 0.0
+    join_max_utterances: int = 3  # most utterances in one join (joins stay within max_duration)
+    join_max_gap: float = 1.0  # seconds; each silence is drawn uniformly from [0, this]
+
+    def __post_init__(self) -> None:
+        check_ranges("data", self, max_frames_per_batch=">= 1", max_duration="> 0", num_workers=">= 0",
+                     stats_utterances=">= 1", join_fraction="[0, 1]", join_max_utterances=">= 2",
+                     join_max_gap=">= 0")
 
 
 @dataclass(frozen=True)
@@ -132,6 +206,10 @@ class OptimConfig:
     schedule: Literal["epochs", "budget"] = "epochs"
     grad_clip: float = 5.0  # max global gradient norm
 
+    def __post_init__(self) -> None:
+        check_ranges("optim", self, lr="> 0", weight_decay=">= 0", betas="[0, 1)", warmup_steps=">= 0",
+                     final_lr_ratio="[0, 1]", grad_clip="> 0")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -147,6 +225,12 @@ class TrainConfig:
     log_every_steps: int = 20  # TensorBoard / progress-bar update interval
     valid_every_epochs: int = 1  # validation pass interval
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        check_ranges("train", self, epochs=">= 1", max_minutes=">= 0", max_steps=">= 0",
+                     seed="[0, 4294967295]",  # NumPy's seed range
+                     checkpoint_every_steps=">= 0", keep_epoch_checkpoints=">= 0", log_every_steps=">= 1",
+                     valid_every_epochs=">= 1", threads=">= 0")
 
 
 @dataclass(frozen=True)
@@ -236,7 +320,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({err})") from err
     return data
 
 

@@ -13,7 +13,7 @@ import math
 import random
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,64 +22,30 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from asr.audio import AudioError, audio_duration, load_audio
-from asr.config import FRAMES_PER_SECOND, SAMPLE_RATE
-from asr.errors import AsrError
+from asr.config import FeatureConfig
+
+# The manifest format lives in asr.manifest (no torch); re-exported for existing imports.
+from asr.manifest import (  # noqa: F401
+    ManifestError,
+    ManifestProblem,
+    ManifestReading,
+    Utterance,
+    decode_utf8_line,
+    read_manifest,
+    read_manifest_lines,
+)
 from asr.text import CharVocabulary, OutOfVocabularyError, normalize_text
 
 
-class ManifestError(AsrError, ValueError):
-    """A manifest file is missing or malformed; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class Utterance:
-    id: str  # unique utterance id, e.g. "84-121123-0000"
-    audio: str  # path of the audio file
-    text: str  # normalised transcript
-    duration: float  # seconds
-    speaker: str = ""  # speaker id, used to split train/dev by speaker
-    speed: float = 1.0  # speed perturbation factor applied on load (0.9 = slower and lower)
-
-
-def read_manifest(path: str | Path) -> list[Utterance]:
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise ManifestError(f"cannot read manifest {path}: {err}") from err
-    utterances = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            audio = str(entry["audio"])
-            utterances.append(
-                Utterance(
-                    id=str(entry.get("id", Path(audio).stem)),
-                    audio=audio,
-                    text=str(entry.get("text", "")),
-                    duration=float(entry["duration"]),
-                    speaker=str(entry.get("speaker", "")),
-                    speed=float(entry.get("speed", 1.0)),
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ManifestError(f"{path}:{number}: malformed manifest line ({err!r})") from err
-    return utterances
-
-
 def write_manifest(path: str | Path, utterances: Sequence[Utterance]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
+    from asr.atomic import atomic_write
+
+    with atomic_write(path) as out:
         for utt in utterances:
             entry = asdict(utt)
             if entry["speed"] == 1.0:
                 del entry["speed"]
             out.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------- preparation
@@ -91,6 +57,7 @@ class PrepareReport:
     missing_audio: list[str]  # transcript lines whose audio file does not exist
     missing_transcripts: list[str]  # audio files that no transcript mentions
     unreadable: list[str]  # "path: reason" for audio that exists but cannot be read
+    bad_lines: list[str] = field(default_factory=list)  # "file:line: reason" for transcript lines skipped
 
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3")
@@ -104,13 +71,24 @@ def scan_librispeech(root: str | Path) -> PrepareReport:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a directory")
+        raise ManifestError(f"{root}: not a directory")
     utterances: list[Utterance] = []
     missing_audio: list[str] = []
     unreadable: list[str] = []
     mentioned: set[Path] = set()
+    bad_lines: list[str] = []
     for transcript in sorted(root.rglob("*.trans.txt")):
-        for line in transcript.read_text(encoding="utf-8").splitlines():
+        try:
+            raw_lines = transcript.read_bytes().splitlines()
+        except OSError as err:
+            bad_lines.append(f"{transcript}: unreadable ({err.strerror or err})")
+            continue
+        for number, raw in enumerate(raw_lines, start=1):
+            try:
+                line = decode_utf8_line(raw)
+            except ValueError as err:  # one bad line must not cost the rest of the corpus
+                bad_lines.append(f"{transcript}:{number}: {err}")
+                continue
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
@@ -140,7 +118,7 @@ def scan_librispeech(root: str | Path) -> PrepareReport:
         for p in root.rglob(f"*{ext}")
         if p.resolve() not in mentioned
     )
-    return PrepareReport(utterances, missing_audio, missing_transcripts, unreadable)
+    return PrepareReport(utterances, missing_audio, missing_transcripts, unreadable, bad_lines)
 
 
 def split_by_speaker(
@@ -150,13 +128,13 @@ def split_by_speaker(
     speakers = sorted({u.speaker for u in utterances})
     if isinstance(dev_speakers, int):
         if not 0 < dev_speakers < len(speakers):
-            raise ValueError(f"cannot hold out {dev_speakers} of {len(speakers)} speakers")
+            raise ManifestError(f"cannot hold out {dev_speakers} of {len(speakers)} speakers")
         chosen = set(random.Random(seed).sample(speakers, dev_speakers))
     else:
         chosen = set(dev_speakers)
         unknown = chosen - set(speakers)
         if unknown:
-            raise ValueError(f"unknown speaker id(s): {sorted(unknown)}")
+            raise ManifestError(f"unknown speaker id(s): {sorted(unknown)}")
     train = [u for u in utterances if u.speaker not in chosen]
     dev = [u for u in utterances if u.speaker in chosen]
     return train, dev
@@ -165,10 +143,9 @@ def split_by_speaker(
 # --------------------------------------------------------------------------- dataset
 
 
-def output_frames(duration: float, subsampling_factor: int) -> int:
+def output_frames(duration: float, subsampling_factor: int, features: FeatureConfig = FeatureConfig()) -> int:
     """Acoustic-model output steps for an utterance of ``duration`` seconds."""
-    frames = int(duration * FRAMES_PER_SECOND) + 1
-    return math.ceil(frames / subsampling_factor)
+    return math.ceil(features.frames_for_duration(duration) / subsampling_factor)
 
 
 def ctc_min_frames(labels: Sequence[int]) -> int:
@@ -201,6 +178,7 @@ def filter_for_training(
     vocabulary: CharVocabulary,
     subsampling_factor: int,
     max_duration: float,
+    features: FeatureConfig = FeatureConfig(),  # the run's frame rate
 ) -> tuple[list[Utterance], FilterReport]:
     """Drop utterances CTC cannot train on, and count each reason."""
     report = FilterReport(unknown_characters=set())
@@ -218,7 +196,7 @@ def filter_for_training(
             report.out_of_vocabulary += 1
             report.unknown_characters |= err.unknown
             continue
-        if output_frames(utt.duration, subsampling_factor) < ctc_min_frames(labels):
+        if output_frames(utt.duration, subsampling_factor, features) < ctc_min_frames(labels):
             report.too_short += 1
             continue
         kept.append(utt)
@@ -226,16 +204,91 @@ def filter_for_training(
     return kept, report
 
 
+@dataclass(frozen=True)
+class JoinedUtterance:
+    """Several utterances of one speaker trained as one input, with silence before and
+    between them (``gaps[0]`` leads, ``gaps[i]`` precedes ``parts[i]``)."""
+
+    parts: tuple[Utterance, ...]  # in the order they are heard
+    gaps: tuple[float, ...]  # seconds of silence before each part
+    speed: float = 1.0  # each part carries its own speed; the join adds none
+
+    @property
+    def id(self) -> str:
+        return "+".join(part.id for part in self.parts)
+
+    @property
+    def text(self) -> str:
+        return " ".join(part.text for part in self.parts)
+
+    @property
+    def duration(self) -> float:
+        return sum(part.duration for part in self.parts) + sum(self.gaps)
+
+    @property
+    def speaker(self) -> str:
+        return self.parts[0].speaker
+
+
+TrainingItem = Utterance | JoinedUtterance
+
+
+def parts_of(item: TrainingItem) -> tuple[Utterance, ...]:
+    return item.parts if isinstance(item, JoinedUtterance) else (item,)
+
+
+def join_utterances(utterances: Sequence[Utterance], fraction: float, max_parts: int, max_gap: float,
+                    max_duration: float, seed: int) -> list[TrainingItem]:
+    """Group about ``fraction`` of the utterances into joins of 2..``max_parts`` utterances
+    of the same speaker (each join at most ``max_duration`` seconds); the rest stay single.
+
+    Every utterance appears exactly once, so an epoch holds the same speech as without joins.
+    The grouping depends only on ``seed``: a resumed run trains on the same items.
+    """
+    if fraction <= 0:
+        return list(utterances)
+    rng = random.Random(seed)
+    by_speaker: dict[str, list[Utterance]] = {}
+    for utterance in utterances:
+        by_speaker.setdefault(utterance.speaker, []).append(utterance)
+    items: list[TrainingItem] = []
+    for speaker in sorted(by_speaker):
+        pending = by_speaker[speaker][:]
+        rng.shuffle(pending)
+        while pending:
+            first = pending.pop()
+            if not pending or rng.random() >= fraction:
+                items.append(first)
+                continue
+            parts, gaps, target = [first], [rng.uniform(0, max_gap)], rng.randint(2, max_parts)
+            while pending and len(parts) < target:
+                gap = rng.uniform(0, max_gap)
+                if sum(p.duration for p in parts) + sum(gaps) + gap + pending[-1].duration > max_duration:
+                    break
+                parts.append(pending.pop())
+                gaps.append(gap)
+            items.append(JoinedUtterance(tuple(parts), tuple(gaps)) if len(parts) > 1 else first)
+    return items
+
+
 class SpeechDataset(Dataset):
-    """Items are (index, waveform float32 (num_samples,), labels int64 (num_labels,))."""
+    """Items are (index, waveform float32 (num_samples,), labels int64 (num_labels,)), the
+    waveform at ``sample_rate`` (the run's features.sample_rate, as inference loads it)."""
 
     def __init__(
-        self, utterances: Sequence[Utterance], vocabulary: CharVocabulary, cache_audio: bool = False
+        self,
+        utterances: Sequence[TrainingItem],
+        vocabulary: CharVocabulary,
+        cache_audio: bool = False,
+        sample_rate: int = FeatureConfig().sample_rate,
     ) -> None:
         self.utterances = list(utterances)
         self.vocabulary = vocabulary
         self.cache_audio = cache_audio
+        self.sample_rate = sample_rate
         self._cache: dict[int, torch.Tensor] = {}
+        # Why each unreadable utterance failed, by index (filled in the process that loads it).
+        self.failures: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -251,13 +304,18 @@ class SpeechDataset(Dataset):
             cached = self._cache[index] = (samples.clamp(-1, 1) * 32767.0).round().to(torch.int16)
         return cached.float() / 32767.0
 
-    @staticmethod
-    def _load(utterance: Utterance) -> torch.Tensor:
-        samples = load_audio(utterance.audio)
+    def _load(self, utterance: TrainingItem) -> torch.Tensor:
+        rate = self.sample_rate
+        if isinstance(utterance, JoinedUtterance):
+            pieces = []
+            for gap, part in zip(utterance.gaps, utterance.parts):
+                pieces += [torch.zeros(round(gap * rate)), self._load(part)]
+            return torch.cat(pieces)
+        samples = load_audio(utterance.audio, rate)
         if utterance.speed != 1.0:
-            # Treat the audio as recorded at speed x 16 kHz and resample it to 16 kHz, as
+            # Treat the audio as recorded at speed x the rate and resample it to the rate, as
             # `sox speed` does: tempo and pitch change together.
-            samples = soxr.resample(samples, SAMPLE_RATE * utterance.speed, SAMPLE_RATE).astype(np.float32)
+            samples = soxr.resample(samples, rate * utterance.speed, rate).astype(np.float32)
         return torch.from_numpy(samples)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor] | None:
@@ -267,6 +325,7 @@ class SpeechDataset(Dataset):
         try:
             return index, self._waveform(index), labels
         except AudioError as err:
+            self.failures[index] = str(err)
             warnings.warn(f"skipping utterance {self.utterances[index].id}: {err}", stacklevel=1)
             return None
 
@@ -385,5 +444,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         return 1.0 - real / padded if padded else 0.0
 
 
-def frame_counts(utterances: Sequence[Utterance]) -> list[int]:
-    return [int(u.duration * FRAMES_PER_SECOND) + 1 for u in utterances]
+def frame_counts(utterances: Sequence[TrainingItem], features: FeatureConfig = FeatureConfig()) -> list[int]:
+    """Feature frames of each utterance at the run's frame rate (the batches' padded-frame budget)."""
+    return [features.frames_for_duration(u.duration) for u in utterances]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import multiprocessing
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,20 +188,27 @@ class DecodingSettings:
 def save_decoding_settings(path: str | Path, settings: DecodingSettings) -> None:
     from asr.config import to_dict
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))
-    os.replace(tmp, path)
+    from asr.atomic import atomic_write
+
+    with atomic_write(path) as out:
+        out.write(yaml.safe_dump(to_dict(settings), sort_keys=False))
 
 
 def load_decoding_settings(path: str | Path) -> DecodingSettings:
+    """Read settings; relative LM and lexicon paths are relative to the settings file (a model
+    folder's decoding.yaml names the files beside it)."""
+    from dataclasses import replace
+
     from asr.config import ConfigError, from_dict
 
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read decoding settings ({err})") from err
-    return from_dict(DecodingSettings, data or {}, where=str(path))
+    settings = from_dict(DecodingSettings, data or {}, where=str(path))
+    files = (("lm", settings.lm), ("lexicon", settings.lexicon))
+    beside = {name: str(Path(path).parent / value) for name, value in files if value and not Path(value).is_absolute()}
+    return replace(settings, **beside)
 
 
 def build_decoder(vocabulary: CharVocabulary, settings: DecodingSettings) -> Decoder:

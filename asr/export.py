@@ -9,13 +9,13 @@ a runtime needs nothing else; decoding (greedy or beam) stays outside the graph.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from asr.atomic import atomic_path
 from asr.config import to_dict
 from asr.transcribe import SpeechRecognizer, load_model
 
@@ -51,9 +51,8 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # sizes are traced symbolically (tested)
         traced = torch.jit.trace(module, _example(recognizer), check_trace=False)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.jit.save(traced, str(tmp), _extra_files={f"{k}.json": v for k, v in _metadata(recognizer).items()})
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        torch.jit.save(traced, str(tmp), _extra_files={f"{k}.json": v for k, v in _metadata(recognizer).items()})
     return out
 
 
@@ -63,8 +62,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     recognizer = load_model(checkpoint)
     module = WaveformToLogProbs(recognizer).eval()
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, _example(recognizer), str(tmp), opset_version=opset, dynamo=False,
@@ -72,9 +70,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
             dynamic_axes={"waveforms": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
                           "log_probs": {0: "batch", 1: "steps"}, "output_lengths": {0: "batch"}},
         )
-    model = onnx.load(str(tmp))
-    for key, value in _metadata(recognizer).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(tmp))
-    os.replace(tmp, out)
+        model = onnx.load(str(tmp))
+        for key, value in _metadata(recognizer).items():
+            model.metadata_props.add(key=key, value=value)
+        onnx.save(model, str(tmp))
     return out

@@ -15,11 +15,6 @@ from torch import nn
 from asr.config import FeatureConfig, SpecAugmentConfig
 
 
-def num_frames(num_samples: torch.Tensor | int, hop_length: int) -> torch.Tensor | int:
-    """Frames produced by a centred STFT (``center=True`` pads n_fft//2 on both sides)."""
-    return num_samples // hop_length + 1
-
-
 def mel_edges(config: FeatureConfig) -> torch.Tensor:
     """The n_mels + 2 filter edge frequencies (Hz) of librosa's Slaney mel filter bank."""
     f_max = config.f_max if config.f_max is not None else config.sample_rate / 2
@@ -134,7 +129,7 @@ class LogMel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, num_samples), (B,) -> log-mel (B, T, n_mels), frame lengths (B,)."""
         log_mel = self.mel_power(waveforms, mel_basis).clamp_min(self.config.log_floor).log()
-        return log_mel, num_frames(lengths, self.config.hop_length)
+        return log_mel, self.config.num_frames(lengths)
 
 
 class GlobalNormalizer(nn.Module):

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from asr.atomic import atomic_write
 from asr.data import Utterance, read_manifest, scan_librispeech, write_manifest
-from asr.download import Resource, download, extract
+from asr.download import DownloadError, Resource, download, extract
 
 OPENSLR = "https://www.openslr.org/resources"
 LIBRILIGHT = "https://dl.fbaipublicfiles.com/librilight/data"
@@ -131,7 +132,7 @@ def prepare_librispeech(
     dest = Path(dest)
     unknown = [s for s in subsets if s not in SUBSETS and s not in COMBINED]
     if unknown:
-        raise ValueError(f"unknown subset(s) {unknown}; known: {sorted(SUBSETS) + sorted(COMBINED)}")
+        raise DownloadError(f"unknown subset(s) {unknown}; known: {sorted(SUBSETS) + sorted(COMBINED)}")
     wanted = []
     for name in subsets:
         for part in COMBINED.get(name, (name,)):
@@ -162,7 +163,8 @@ def _write_subset_manifest(name: str, folders: list[Path], dest: Path, speed_per
         utterances: list[Utterance] = []
         for folder in folders:
             report = scan_librispeech(folder)
-            for label, items in (("missing audio", report.missing_audio), ("unreadable", report.unreadable)):
+            for label, items in (("missing audio", report.missing_audio), ("unreadable", report.unreadable),
+                                 ("bad transcript lines (skipped)", report.bad_lines)):
                 if items:
                     print(f"[prepare] {name}: {len(items)} {label}, e.g. {items[0]}", file=sys.stderr)
             utterances += report.utterances
@@ -178,5 +180,7 @@ def _write_subset_manifest(name: str, folders: list[Path], dest: Path, speed_per
 
 def _combine(name: str, parts: list[Path], dest: Path) -> Path:
     path = dest / "manifests" / f"{name}.jsonl"
-    path.write_text("".join(p.read_text() for p in parts))
+    with atomic_write(path) as out:
+        for part in parts:
+            out.write(part.read_text(encoding="utf-8"))
     return path

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from asr.atomic import atomic_path, atomic_write
 from asr.errors import AsrError
 from asr.text import CharVocabulary, normalize_text
 
@@ -249,7 +250,8 @@ def build_lm(
     sentences_in = corpus_sentences(sources, vocabulary)
     if unit == "char" and spellable:
         sentences_in = itertools.chain(sentences_in, sample_unigram_sentences(spellable, sampled_words))
-    with tempfile.TemporaryDirectory(prefix="asr-lm-", dir=out.parent) as tmp:
+    # Named like asr.atomic's temporaries, so that a killed build's leftovers are recognised.
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
         corpus = Path(tmp) / "corpus.txt"
         sentences = words = 0
         distinct: set[str] = set()
@@ -271,12 +273,11 @@ def build_lm(
         _run_tool(command, stdin=corpus, stdout=arpa)
         if unit == "word" and spellable:
             add_unigrams(arpa, spellable)
-        result = Path(tmp) / "model.out"
-        if build_binary:
-            _run_tool([str(build_binary), str(arpa), str(result)])
-        else:
-            arpa.rename(result)
-        os.replace(result, out)
+        with atomic_path(out) as result:
+            if build_binary:
+                _run_tool([str(build_binary), str(arpa), str(result)])
+            else:
+                os.replace(arpa, result)
     return LmBuildReport(out, sentences, words, len(distinct))
 
 
@@ -319,9 +320,8 @@ def add_unigrams(arpa: str | Path, counts: dict[str, float], unk_share: float = 
     lines[end:end] = added
     header = next(i for i, line in enumerate(lines) if line.startswith("ngram 1="))
     lines[header] = f"ngram 1={int(lines[header].split('=')[1]) + len(added)}"
-    tmp = arpa.with_name(arpa.name + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, arpa)
+    with atomic_write(arpa) as out:
+        out.write("\n".join(lines))
     return len(added)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from asr.config import ModelConfig
+from asr.config import ModelConfig, prime_factors
 from asr.features import valid_frames
 from asr.phones import NUM_PHONE_LABELS
 
@@ -54,17 +54,6 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         keep = torch.rand(x.shape, device=x.device) >= self.p  # (B, T, C) bool; fp32 draws, even under bf16
         return x * keep * (1.0 / (1.0 - self.p))
-
-
-def prime_factors(n: int) -> list[int]:
-    """Prime factors in ascending order: 12 -> [2, 2, 3]."""
-    factors, divisor = [], 2
-    while n > 1:
-        while n % divisor == 0:
-            factors.append(divisor)
-            n //= divisor
-        divisor += 1
-    return factors
 
 
 class ConvSubsampler(nn.Module):

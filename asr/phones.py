@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,12 +80,23 @@ def phonemize(texts: Sequence[str], cache: str | Path | None = None, voice: str 
     known: dict[str, str] = {}
     cache = Path(cache) if cache is not None else None
     if cache is not None and cache.exists():
-        known = json.loads(cache.read_text(encoding="utf-8"))
+        try:
+            known = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            known = None
+            reason = str(err)
+        else:
+            reason = "not a mapping of transcripts to IPA"
+        if not isinstance(known, dict) or not all(isinstance(v, str) for v in known.values()):
+            # Only a cache: a damaged one costs an espeak-ng run, never the training run.
+            warnings.warn(f"{cache}: unusable phone cache ({reason}); phonemising again", stacklevel=2)
+            known = {}
     missing = sorted(set(texts) - set(known))
     if missing:
         known.update(zip(missing, espeak_ipa(missing, voice)))
         if cache is not None:
-            partial = cache.with_suffix(".tmp")
-            partial.write_text(json.dumps(known, ensure_ascii=False, indent=0), encoding="utf-8")
-            partial.replace(cache)
+            from asr.atomic import atomic_write
+
+            with atomic_write(cache) as out:
+                out.write(json.dumps(known, ensure_ascii=False, indent=0))
     return {text: phone_ids(known[text]) for text in set(texts)}

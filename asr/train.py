@@ -16,34 +16,43 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.checkpoint import load_checkpoint, save_checkpoint
-from asr.config import ExperimentConfig, load_config, to_dict
+from asr.atomic import atomic_write, remove_stale_temporaries
+from asr.checkpoint import (CheckpointError, build_payload, check_resumable, checkpoint_from_payload, load_checkpoint,
+                            save_checkpoint, train_audio_of)
+from asr.config import ConfigError, ExperimentConfig, load_config, to_dict
 from asr.data import (
     Batch,
     BucketBatchSampler,
+    JoinedUtterance,
+    ManifestError,
     SpeechDataset,
+    TrainingItem,
     Utterance,
     collate,
     filter_for_training,
     frame_counts,
+    join_utterances,
+    parts_of,
     read_manifest,
 )
 from asr.decoding import GreedyDecoder
+from asr.errors import AsrError, DiskFullError, no_space_left
 from asr.features import FeatureFrontend, StatsAccumulator, spec_augment, vtlp_filter_banks
 from asr.metrics import error_counts
 from asr.model import AcousticModel
 from asr.phones import phonemize
 from asr.text import CharVocabulary
+from asr.threads import adjust_threads
 
 
 @dataclass
@@ -67,9 +76,22 @@ def log(message: str) -> None:
 
 
 def choose_device(name: str) -> torch.device:
+    """train.device as a torch device; ConfigError for one this machine or this torch build lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"train.device={name}: not a torch device ({err}); use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"train.device={name}: {reason}; use train.device=cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device={name}: this machine shows {torch.cuda.device_count()} GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name}: MPS is not available here; use train.device=cpu (or auto)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -113,15 +135,18 @@ def load_utterances(
 ) -> tuple[list[Utterance], list[Utterance]]:
     """Read both manifests and drop what CTC cannot train on, reporting every reason."""
     factor = config.model.subsampling_factor
+    if not config.data.train_manifest:
+        raise ConfigError("data.train_manifest is not set: give the training manifest (JSONL, `asr prepare`)")
     train_all = read_manifest(config.data.train_manifest)
-    train, report = filter_for_training(train_all, vocabulary, factor, config.data.max_duration)
+    train, report = filter_for_training(train_all, vocabulary, factor, config.data.max_duration, config.features)
     say(f"train {config.data.train_manifest}: {report.summary()}")
     if not train:
-        raise ValueError(f"{config.data.train_manifest}: no usable training utterances")
+        raise ManifestError(f"{config.data.train_manifest}: no usable training utterances ({report.summary()})")
     valid: list[Utterance] = []
     if config.data.valid_manifest:
         # Validation keeps long utterances; it only needs transcripts the vocabulary can spell.
-        valid, report = filter_for_training(read_manifest(config.data.valid_manifest), vocabulary, factor, math.inf)
+        valid, report = filter_for_training(read_manifest(config.data.valid_manifest), vocabulary, factor, math.inf,
+                                            config.features)
         say(f"valid {config.data.valid_manifest}: {report.summary()}")
     return train, valid
 
@@ -135,7 +160,7 @@ def make_loader(
 ) -> tuple[DataLoader, BucketBatchSampler]:
     dist_info = dist_info or Distributed()
     sampler = BucketBatchSampler(
-        frame_counts(dataset.utterances),
+        frame_counts(dataset.utterances, config.features),
         config.data.max_frames_per_batch,
         shuffle=shuffle,
         seed=config.train.seed,
@@ -164,8 +189,16 @@ def estimate_normalizer(
     stats = StatsAccumulator(config.features.n_mels)
     for start in tqdm(range(0, count, 16), desc="normalisation stats", leave=False, disable=None):
         batch = collate([dataset[i] for i in chosen[start : start + 16]])
+        if not batch.indices:  # every file unreadable (each one reported)
+            continue
         features, lengths = frontend.unnormalized(batch.waveforms.to(device), batch.waveform_lengths.to(device))
         stats.add(features, lengths)
+    if stats.count == 0:
+        reasons = [dataset.failures[i] for i in chosen if i in dataset.failures]
+        raise ManifestError(
+            f"{config.data.train_manifest}: none of the {count} training utterances read for the normalisation "
+            f"statistics could be used ({len(reasons)} unreadable); the first: " + "; ".join(reasons[:3])
+        )
     mean, std = stats.result()
     frontend.normalizer.mean.copy_(mean)
     frontend.normalizer.std.copy_(std)
@@ -292,6 +325,21 @@ def validate(
     }
 
 
+def json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """Non-finite floats become None (null): strict JSON parsers reject NaN and Infinity."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
+def write_metrics(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """metrics.jsonl holding exactly ``records``, one strict-JSON line each (replaced atomically).
+
+    Written whole from the run's history, which last.pt saves: a run killed after logging an
+    epoch but before checkpointing it logs that epoch again on resume, and only once."""
+    with atomic_write(path) as out:
+        for record in records:
+            out.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+
+
 class TensorBoard:
     """SummaryWriter when tensorboard is installed, otherwise a silent stand-in."""
 
@@ -344,7 +392,7 @@ def setup_distributed(config: ExperimentConfig) -> tuple[Distributed, torch.devi
     if device.type == "cuda":
         visible = torch.cuda.device_count()
         if dist_info.local_rank >= visible:  # NCCL would hang or fail obscurely: one GPU per process
-            raise RuntimeError(
+            raise ConfigError(
                 f"rank {dist_info.rank}: local rank {dist_info.local_rank} needs a GPU of its own but this machine "
                 f"shows {visible}; run torchrun with --nproc_per_node={visible} or set train.device=cpu (gloo)"
             )
@@ -416,8 +464,9 @@ class EpochStats:
     stopped: bool = False  # the step or time budget ran out
 
     @property
-    def mean_loss(self) -> float:
-        return self.loss_sum / self.steps if self.steps else math.nan
+    def mean_loss(self) -> float | None:
+        """None when this session trained no batch of the epoch (resumed at its very end)."""
+        return self.loss_sum / self.steps if self.steps else None
 
     @property
     def audio_seconds_per_second(self) -> float:
@@ -432,8 +481,8 @@ def build_run(config: ExperimentConfig) -> Run:
     """Data, model, optimiser and schedule; resumed from last.pt when it exists."""
     dist_info, device = setup_distributed(config)
     if config.train.precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"train.precision=fp16 needs a CUDA device, not {device}: the CPU has no fp16 LSTM; "
-                         "use bf16 (or fp32) on the CPU")
+        raise ConfigError(f"train.precision=fp16 needs a CUDA device, not {device}: the CPU has no fp16 LSTM; "
+                          "use bf16 (or fp32) on the CPU")
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
@@ -443,13 +492,20 @@ def build_run(config: ExperimentConfig) -> Run:
 
     vocabulary = CharVocabulary.english()
     train_utts, valid_utts = load_utterances(config, vocabulary, say)
+    data = config.data
+    train_utts = join_utterances(train_utts, data.join_fraction, data.join_max_utterances, data.join_max_gap,
+                                 data.max_duration, config.train.seed)
     phone_labels = training_phone_labels(train_utts, config, out_dir, dist_info, say)  # early: needs espeak-ng
-    train_set = SpeechDataset(train_utts, vocabulary, cache_audio=config.data.cache_audio)
+    rate = config.features.sample_rate  # as inference loads audio
+    train_set = SpeechDataset(train_utts, vocabulary, cache_audio=config.data.cache_audio, sample_rate=rate)
     train_loader, train_sampler = make_loader(train_set, config, shuffle=True, device=device, dist_info=dist_info)
     valid_loader = None
     if valid_utts and dist_info.is_main:
-        valid_loader, _ = make_loader(SpeechDataset(valid_utts, vocabulary), config, shuffle=False, device=device)
-    say(f"train: {len(train_utts)} utterances, {sum(u.duration for u in train_utts) / 3600:.2f} h, "
+        valid_loader, _ = make_loader(SpeechDataset(valid_utts, vocabulary, sample_rate=rate), config, shuffle=False,
+                                      device=device)
+    joins = sum(isinstance(item, JoinedUtterance) for item in train_utts)
+    say(f"train: {len(train_utts)} utterances{f' ({joins} of them joins)' if joins else ''}, "
+        f"{sum(u.duration for u in train_utts) / 3600:.2f} h, "
         f"{len(train_sampler)} batches/epoch on each of {dist_info.world_size} rank(s), "
         f"padding {100 * train_sampler.padding_fraction():.1f} % of frames")
 
@@ -469,17 +525,19 @@ def build_run(config: ExperimentConfig) -> Run:
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
 
     last_path = out_dir / "last.pt"
+    if dist_info.is_main:
+        for stale in remove_stale_temporaries(out_dir):  # checkpoints, phones.json, ... of killed runs
+            say(f"removed {stale}, left by a write interrupted before this run")
     if last_path.exists():
         resume(last_path, config, frontend, model, optimizer, scheduler, scaler, device, state, say)
     elif dist_info.is_main:
         estimate_normalizer(frontend, train_set, config, device)
+    if dist_info.is_main:  # drop the records of work a kill undid: it is about to be redone
+        write_metrics(out_dir / "metrics.jsonl", state.history)
     step_model: torch.nn.Module = model
     if dist_info.enabled:
         for buffer in (frontend.normalizer.mean, frontend.normalizer.std):
             torch.distributed.broadcast(buffer, src=0)
-        # Different dropout and SpecAugment draws on each rank; rank 0 keeps the saved stream.
-        if not dist_info.is_main:
-            torch.manual_seed(config.train.seed + 1000 * dist_info.rank + state.step)
         step_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -492,15 +550,16 @@ def build_run(config: ExperimentConfig) -> Run:
 
 
 def training_phone_labels(
-    utterances: Sequence[Utterance], config: ExperimentConfig, out_dir: Path, dist_info: Distributed, say=log
+    utterances: Sequence[TrainingItem], config: ExperimentConfig, out_dir: Path, dist_info: Distributed, say=log
 ) -> list[torch.Tensor] | None:
     """espeak-ng phone labels for each training utterance, or None when the phone loss is off.
     Rank 0 keeps espeak-ng's output in out_dir/phones.json for resumed runs."""
     if config.model.phone_ctc_weight <= 0:
         return None
-    texts = [u.text for u in utterances]
+    texts = [part.text for item in utterances for part in parts_of(item)]
     by_text = phonemize(texts, out_dir / "phones.json" if dist_info.is_main else None)
-    labels = [torch.tensor(by_text[text], dtype=torch.long) for text in texts]
+    labels = [torch.tensor([phone for part in parts_of(item) for phone in by_text[part.text]], dtype=torch.long)
+              for item in utterances]
     phones, chars = sum(len(l) for l in labels), sum(len(t) for t in texts)
     say(f"phone CTC (weight {config.model.phone_ctc_weight}, layer {config.model.phone_ctc_layer}): "
         f"{len(by_text)} transcripts phonemised with espeak-ng, {phones / max(1, chars):.2f} phones per character")
@@ -509,13 +568,18 @@ def training_phone_labels(
 
 def resume(path, config, frontend, model, optimizer, scheduler, scaler, device, state: TrainState, say=log) -> None:
     """Load last.pt into the model, optimiser, schedule, RNGs and ``state`` (in place: the schedule reads it)."""
-    saved = load_checkpoint(path, map_location=device)
-    if saved["config"] != to_dict(config):
-        say(f"note: {path} was written with a different config; resuming with the new one")
-    model.load_state_dict(saved["model"])
-    frontend.normalizer.mean.copy_(saved["normalizer"]["mean"])
-    frontend.normalizer.std.copy_(saved["normalizer"]["std"])
-    train_state = saved["train_state"]
+    payload = load_checkpoint(path, map_location=device)
+    check_resumable(path, payload["config"], config)  # before the state dict's size mismatch would
+    if payload["config"] != to_dict(config):
+        say(f"note: {path} was written with different training settings; resuming with the new ones")
+    saved = checkpoint_from_payload(payload, path)
+    if saved.train_state is None:
+        raise CheckpointError(f"{path} holds no training state (a copy of best.pt?); it cannot be resumed: "
+                              "remove it to train from scratch, or choose a new train.out_dir")
+    model.load_state_dict(saved.model_state)
+    frontend.normalizer.mean.copy_(saved.normalizer_mean)
+    frontend.normalizer.std.copy_(saved.normalizer_std)
+    train_state = saved.train_state
     optimizer.load_state_dict(train_state["optimizer"])
     scheduler.load_state_dict(train_state["scheduler"])
     scaler.load_state_dict(train_state["scaler"])
@@ -534,6 +598,11 @@ def out_of_budget(run: Run) -> bool:
     return all_ranks_agree(run.train_seconds() / 60 >= run.config.train.max_minutes, run.dist, run.device)
 
 
+def rank_step_seed(seed: int, rank: int, step: int) -> int:
+    """A seed for one rank's step, distinct for every (seed, rank, step)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
 def train_one_epoch(run: Run) -> EpochStats:
     """Train on the rest of the current epoch, or until the budget runs out."""
     config, state = run.config, run.state
@@ -544,13 +613,20 @@ def train_one_epoch(run: Run) -> EpochStats:
                     dynamic_ncols=True, disable=None if run.dist.is_main else True)
     waiting_since = time.monotonic()
     for batch in progress:
+        adjust_threads(config.train.threads)  # the cores other processes leave free (asr/threads.py)
         # train_step ends with loss.item(), which waits for the device: the time from there
         # to the next batch is time the device sat idle for want of data.
         stats.data_seconds += time.monotonic() - waiting_since
-        if not batch.indices:  # every file of the batch was unreadable (each one reported)
+        # Every file of a rank's batch was unreadable (each one reported): all ranks skip this
+        # step together, or the others would wait for that rank in the gradients' all-reduce.
+        if all_ranks_agree(not batch.indices, run.dist, run.device):
             state.batch_in_epoch += run.dist.world_size
             waiting_since = time.monotonic()
             continue
+        if run.dist.enabled and not run.dist.is_main:
+            # Each rank draws its own dropout and SpecAugment. Rank 0's stream is saved in
+            # last.pt; the others are reseeded per step, so a resumed run draws as an unbroken one.
+            torch.manual_seed(rank_step_seed(config.train.seed, run.dist.rank, state.step))
         loss = train_step(batch, run.frontend, run.step_model, run.optimizer, run.scheduler, run.scaler, config,
                           run.device, run.phone_labels)
         state.step += 1
@@ -601,14 +677,14 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
             # A run stopped by max_minutes/max_steps inside an epoch reports that partial epoch.
             label = str(state.epoch) if state.batch_in_epoch == 0 else (
                 f"{state.epoch + 1} (stopped after {state.batch_in_epoch} batches)")
-            log(f"epoch {label}: train loss {metrics['train_loss']:.3f}, valid loss "
+            train_loss = "-" if metrics["train_loss"] is None else f"{metrics['train_loss']:.3f}"
+            log(f"epoch {label}: train loss {train_loss}, valid loss "
                 f"{metrics['valid_loss']:.3f}, WER {100 * metrics['valid_wer']:.2f} %, CER "
                 f"{100 * metrics['valid_cer']:.2f} % ({metrics['train_minutes']:.1f} min, "
                 f"{metrics['audio_seconds_per_second']:.0f} audio-s/s, waiting for data "
                 f"{100 * metrics['data_wait_fraction']:.0f} % of the time)")
-            state.history.append(metrics)
-            with open(run.out_dir / "metrics.jsonl", "a") as out:
-                out.write(json.dumps(metrics) + "\n")
+            state.history.append(json_safe(metrics))
+            write_metrics(run.out_dir / "metrics.jsonl", state.history)
             if metrics["valid_cer"] < state.best_cer:
                 state.best_cer = metrics["valid_cer"]
                 save_checkpoint(run.out_dir / "best.pt", checkpoint_payload(run, metrics))
@@ -656,19 +732,37 @@ def fit_schedule_to_budget(run: Run, stats: EpochStats) -> None:
             f"{config.optim.warmup_steps}: the learning rate will not decay; lower optim.warmup_steps")
 
 
+@contextmanager
+def disk_full_reported(out_dir: Path) -> Iterator[None]:
+    """A full disk while writing checkpoints or logs becomes a DiskFullError naming the folder;
+    torch hides the ENOSPC behind ``RuntimeError: ... unexpected pos``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        cause = no_space_left(err)
+        if cause is None:
+            raise
+        where = f" ({cause.filename})" if cause.filename else ""
+        raise DiskFullError(
+            f"the disk is full: writing to {out_dir}{where} failed ({os.strerror(cause.errno)}); the checkpoints "
+            "written before are intact: free some space and run the same command again to resume from last.pt"
+        ) from err
+
+
 def train(config: ExperimentConfig) -> TrainState:
     """Train (or resume) the run described by ``config``; returns the final state.
 
     Run directly it trains on one device; under ``torchrun`` every rank trains on its shard
     of each epoch's batches (DDP) and rank 0 alone validates and writes checkpoints and logs.
     """
-    run = build_run(config)
-    run.model.train()
     stopped = False
-    while run.state.epoch < config.train.epochs and not stopped:
-        stats = train_one_epoch(run)
-        end_of_epoch(run, stats)
-        stopped = stats.stopped
+    with disk_full_reported(Path(config.train.out_dir)):
+        run = build_run(config)
+        run.model.train()
+        while run.state.epoch < config.train.epochs and not stopped:
+            stats = train_one_epoch(run)
+            end_of_epoch(run, stats)
+            stopped = stats.stopped
     if run.board is not None:
         run.board.close()
     if run.dist.enabled:
@@ -680,14 +774,11 @@ def train(config: ExperimentConfig) -> TrainState:
 
 
 def checkpoint_payload(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
-    """What transcription needs: config, vocabulary, normalisation, weights (+ metrics)."""
-    return {
-        "config": to_dict(run.config),
-        "vocabulary": run.vocabulary.tokens[1:],
-        "normalizer": {"mean": run.frontend.normalizer.mean.cpu(), "std": run.frontend.normalizer.std.cpu()},
-        "model": {k: v.cpu() for k, v in run.model.state_dict().items()},
-        "metrics": metrics,
-    }
+    """What transcription needs: config, vocabulary, normalisation, weights (+ metrics and
+    the training utterances' durations, which bound the windows long audio is cut into)."""
+    training_durations = [u.duration for u in run.train_loader.dataset.utterances]
+    return build_payload(run.config, run.vocabulary, run.frontend.normalizer.mean, run.frontend.normalizer.std,
+                         run.model.state_dict(), metrics, train_audio_of(training_durations))
 
 
 def save_last(run: Run, metrics: dict[str, Any]) -> None:
@@ -711,8 +802,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    config = load_config(argv[0], argv[1:])
-    train(config)
+    try:
+        train(load_config(argv[0], argv[1:]))
+    except AsrError as err:  # under torchrun every rank reports it; torchrun then ends the job
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Transcription and evaluation: the Python API behind ``asr transcribe`` and ``asr evaluate``.
+"""Transcription: the Python API behind ``asr transcribe`` (evaluation: asr.evaluate).
 
     >>> import asr
     >>> model = asr.load_model("exp/run/best.pt")
@@ -10,30 +10,42 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from asr.audio import AudioError, load_audio
-from asr.checkpoint import CheckpointError, load_checkpoint
-from asr.config import ExperimentConfig, from_dict
-from asr.data import Utterance, read_manifest
-from asr.decoding import BeamSearchDecoder, Decoder, DecodingSettings, GreedyDecoder, Hypothesis, ParallelDecoder, build_decoder
+from asr.audio import AudioError, read_audio
+from asr.checkpoint import CheckpointError
+from asr.config import ExperimentConfig
+from asr.decoding import (
+    BeamSearchDecoder,
+    Decoder,
+    DecodingSettings,
+    GreedyDecoder,
+    Hypothesis,
+    ParallelDecoder,
+    build_decoder,
+)
+from asr.errors import AsrError
 from asr.features import FeatureFrontend
-from asr.metrics import ErrorCounts, UtteranceScore, score_utterances
 from asr.model import AcousticModel
 from asr.text import CharVocabulary
+from asr.threads import adjust_threads
 
 # Audio seconds per inference batch: bounds memory while keeping the LSTM's matrices large.
 BATCH_SECONDS = 120.0
 FILES_PER_GROUP = 256  # files read into memory at once ...
 GROUP_SECONDS = 30 * 60.0  # ... or this much audio (an hour-long file is a group of its own)
-# Files longer than this are cut into windows: LibriSpeech training utterances are <= 35 s,
-# and a BiLSTM's memory and latency grow with the input length.
-LONG_AUDIO_SECONDS = 30.0
-WINDOW_OVERLAP_SECONDS = 1.0  # context on each side of a cut
+# Files longer than the window are cut into windows at pauses. A BiLSTM does worst on input
+# longer than anything it was trained on (the demo model: WER 8 % on its utterances one by one,
+# 23-43 % on 8-24 s of them joined), so the window is the checkpoint's longest training
+# utterance, kept within these bounds; its memory and latency also grow with the input.
+LONG_AUDIO_SECONDS = 30.0  # the window when the checkpoint does not say, and the longest one
+MIN_WINDOW_SECONDS = 4.0  # shorter windows would be mostly overlap
+WINDOW_OVERLAP_SECONDS = 1.0  # context on each side of a cut ...
+WINDOW_OVERLAP_FRACTION = 0.125  # ... but at most this share of the window
 CUT_SEARCH_SECONDS = 8.0  # how far before the longest allowed span a quiet cut point is sought
 
 
@@ -41,7 +53,7 @@ CUT_SEARCH_SECONDS = 8.0  # how far before the longest allowed span a quiet cut 
 class TimedWord:
     word: str
     start: float  # seconds from the start of the file
-    end: float  # seconds
+    end: float  # seconds, at most the file's duration
     confidence: float  # mean CTC posterior of the word's characters, in [0, 1]
 
 
@@ -51,12 +63,30 @@ class Transcription:
     text: str = ""  # the transcript ("" when the file failed)
     error: str | None = None  # why the file could not be transcribed, else None
     duration: float = 0.0  # seconds of audio
-    hypothesis: Hypothesis | None = None  # decoder output, with token frames and score
+    hypothesis: Hypothesis | None = None  # decoder output, with token frames and score (None when windowed)
     words: tuple[TimedWord, ...] = ()  # the transcript's words with times and confidences
+    warnings: tuple[str, ...] = ()  # what was odd about the file but did not stop it (truncated, ...)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # first sample given to the model
+    end: int  # one past the last sample
+    keep_start: float  # seconds: the window's own span, whose words it contributes ...
+    keep_end: float  # ... [keep_start, keep_end); the rest is context shared with its neighbours
+
+
+@dataclass(frozen=True)
+class FileEmissions:
+    """The acoustic model's output for one file, window by window (one window when short)."""
+
+    windows: tuple[Window, ...]  # the pieces the file was cut into, in time order
+    matrices: tuple[np.ndarray, ...]  # (T, V) log-probabilities per window
+    duration: float  # seconds of audio in the whole file
 
 
 class SpeechRecognizer:
@@ -78,7 +108,8 @@ class SpeechRecognizer:
         self.decoder: Decoder = GreedyDecoder(vocabulary)
         self.decoding = DecodingSettings()
         self.workers = 1  # beam search worker processes
-        self.window_seconds = LONG_AUDIO_SECONDS  # longer files are cut into windows of at most this
+        self.max_train_seconds: float | None = None  # longest training utterance (None: checkpoint predates it)
+        self._window_seconds: float | None = None  # set by the user; None: from max_train_seconds
         self.precision = "fp32"  # bf16: the acoustic model runs under bf16 autocast
 
     @property
@@ -90,6 +121,19 @@ class SpeechRecognizer:
         """Duration of one output step: the feature hop times the model's subsampling."""
         features = self.config.features
         return features.hop_length / features.sample_rate * self.config.model.subsampling_factor
+
+    @property
+    def window_seconds(self) -> float:
+        """Longest piece (overlap included) given to the model: files longer than this are cut."""
+        if self._window_seconds is not None:
+            return self._window_seconds
+        if self.max_train_seconds is None:
+            return LONG_AUDIO_SECONDS
+        return min(max(self.max_train_seconds, MIN_WINDOW_SECONDS), LONG_AUDIO_SECONDS)
+
+    @window_seconds.setter
+    def window_seconds(self, seconds: float) -> None:
+        self._window_seconds = seconds
 
     def use_decoding(self, settings: DecodingSettings, workers: int = 1) -> str | None:
         """Switch decoders. An unusable LM or lexicon falls back to greedy decoding: the
@@ -120,6 +164,7 @@ class SpeechRecognizer:
         order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))  # similar lengths: little padding
         results: list[np.ndarray | str] = [""] * len(waveforms)
         for batch in _batches_by_duration(order, [len(w) for w in waveforms], self.sample_rate):
+            adjust_threads()  # the cores other processes leave free (asr/threads.py)
             try:
                 log_probs, lengths = self.emissions([waveforms[i] for i in batch])
             except RuntimeError as err:  # report, go on with the other batches
@@ -130,28 +175,53 @@ class SpeechRecognizer:
                 results[i] = matrix[:length]
         return results
 
+    def plan_windows(self, samples: np.ndarray) -> list[Window]:
+        """This model's windows for a file: at most ``window_seconds`` each, cut at pauses."""
+        overlap = min(WINDOW_OVERLAP_SECONDS, WINDOW_OVERLAP_FRACTION * self.window_seconds)
+        return plan_windows(samples, self.sample_rate, self.window_seconds, overlap)
+
+    def file_emissions(self, waveforms: Sequence[torch.Tensor]) -> list[FileEmissions | str]:
+        """Per file, the emissions of its windows (:meth:`plan_windows`), or an error string.
+
+        ``asr transcribe``, ``asr evaluate`` and ``asr tune-lm`` all go through here, so that
+        tuning sees the emissions that are later scored.
+        """
+        pieces: list[tuple[int, Window]] = []
+        for index, waveform in enumerate(waveforms):
+            pieces += [(index, window) for window in self.plan_windows(waveform.numpy())]
+        matrices = self.emission_matrices([waveforms[index][w.start : w.end] for index, w in pieces])
+        per_file: list[list[tuple[Window, np.ndarray | str]]] = [[] for _ in waveforms]
+        for (index, window), matrix in zip(pieces, matrices):
+            per_file[index].append((window, matrix))
+        results: list[FileEmissions | str] = []
+        for waveform, parts in zip(waveforms, per_file):
+            error = next((m for _, m in parts if isinstance(m, str)), None)
+            results.append(error if error is not None else FileEmissions(
+                tuple(w for w, _ in parts), tuple(m for _, m in parts), len(waveform) / self.sample_rate))  # type: ignore[misc]
+        return results
+
     def transcribe(self, paths: Iterable[str | Path]) -> list[Transcription]:
         """Transcribe files; a file that cannot be read gets ``error`` set, the rest go on.
 
         Files are read a group at a time (at most FILES_PER_GROUP files, GROUP_SECONDS of
         audio), so memory stays bounded for any number of files; files longer than
-        ``LONG_AUDIO_SECONDS`` are cut into windows (:func:`plan_windows`) and stitched.
+        ``window_seconds`` are cut into windows (:func:`plan_windows`) and stitched.
         """
         paths = [str(p) for p in paths]
         results: list[Transcription | None] = [None] * len(paths)
         # Greedy decoding is too cheap to ship to worker processes.
         workers = self.workers if isinstance(self.decoder, BeamSearchDecoder) else 1
         with ParallelDecoder(self.decoder, workers) as decoder:
-            group: list[tuple[int, str, torch.Tensor]] = []
+            group: list[tuple[int, str, torch.Tensor, tuple[str, ...]]] = []
             group_samples = 0
             for index, path in enumerate(paths):
                 try:
-                    waveform = torch.from_numpy(load_audio(path, self.sample_rate))
+                    audio = read_audio(path, self.sample_rate)
                 except AudioError as err:
                     results[index] = Transcription(path, error=err.reason)
                     continue
-                group.append((index, path, waveform))
-                group_samples += len(waveform)
+                group.append((index, path, torch.from_numpy(audio.samples), audio.warnings))
+                group_samples += len(audio.samples)
                 if len(group) >= FILES_PER_GROUP or group_samples >= GROUP_SECONDS * self.sample_rate:
                     self._recognize_group(group, results, decoder)
                     group, group_samples = [], 0
@@ -159,68 +229,74 @@ class SpeechRecognizer:
                 self._recognize_group(group, results, decoder)
         return results  # type: ignore[return-value]  (every slot is filled)
 
-    def _recognize_group(self, files: list[tuple[int, str, torch.Tensor]], results: list[Transcription | None],
-                         decoder: ParallelDecoder) -> None:
-        # Pieces: whole short files, or windows of long ones.
-        pieces: list[tuple[int, Window]] = []
-        waveforms: list[torch.Tensor] = []
-        for index, _, waveform in files:
-            for window in plan_windows(waveform.numpy(), self.sample_rate, self.window_seconds):
-                pieces.append((index, window))
-                waveforms.append(waveform[window.start : window.end])
-        matrices = self.emission_matrices(waveforms)
-        failed = {index: m for (index, _), m in zip(pieces, matrices) if isinstance(m, str)}
-        good = [(piece, m) for piece, m in zip(pieces, matrices) if piece[0] not in failed]
-        hypotheses = [nbest[0] for nbest in decoder.decode([m for _, m in good])]
-        decoded: dict[int, list[tuple[Window, Hypothesis]]] = {index: [] for index, _, _ in files}
-        for ((index, window), _), hypothesis in zip(good, hypotheses):
-            decoded[index].append((window, hypothesis))
-        for index, path, waveform in files:
-            duration = len(waveform) / self.sample_rate
-            if index in failed:
-                results[index] = Transcription(path, error=failed[index])
-            elif len(decoded[index]) == 1:
-                hypothesis = decoded[index][0][1]
-                results[index] = Transcription(path, hypothesis.text, None, duration, hypothesis,
-                                               self.timed_words(hypothesis))
-            else:
-                words = self._stitch(decoded[index])
-                results[index] = Transcription(path, " ".join(w.word for w in words), None, duration, None, words)
+    def _recognize_group(self, files: list[tuple[int, str, torch.Tensor, tuple[str, ...]]],
+                         results: list[Transcription | None], decoder: ParallelDecoder) -> None:
+        emissions = self.file_emissions([waveform for _, _, waveform, _ in files])
+        good = [e for e in emissions if isinstance(e, FileEmissions)]
+        decoded = iter(decode_windows(decoder, good))
+        for (index, path, _, warnings), emission in zip(files, emissions):
+            if isinstance(emission, str):
+                results[index] = Transcription(path, error=emission, warnings=warnings)
+                continue
+            hypotheses = next(decoded)
+            text, words = join_windows(emission, hypotheses, self.seconds_per_step, self.sample_rate)
+            whole = hypotheses[0] if len(hypotheses) == 1 else None
+            results[index] = Transcription(path, text, None, emission.duration, whole, words, warnings)
 
-    def timed_words(self, hypothesis: Hypothesis, offset: float = 0.0) -> tuple[TimedWord, ...]:
-        step = self.seconds_per_step
-        return tuple(TimedWord(w.word, round(offset + w.start * step, 3), round(offset + w.end * step, 3),
-                               round(w.confidence, 4)) for w in hypothesis.words)
-
-    def _stitch(self, windows: list[tuple[Window, Hypothesis]]) -> tuple[TimedWord, ...]:
-        """Words of overlapping windows: each window keeps the words centred in its own span."""
-        words: list[TimedWord] = []
-        for window, hypothesis in sorted(windows, key=lambda item: item[0].start):
-            for word in self.timed_words(hypothesis, offset=window.start / self.sample_rate):
-                if window.keep_start <= (word.start + word.end) / 2 < window.keep_end:
-                    words.append(word)
-        return tuple(words)
+    def timed_words(self, hypothesis: Hypothesis, offset: float = 0.0,
+                    duration: float = math.inf) -> tuple[TimedWord, ...]:
+        return timed_words(hypothesis, self.seconds_per_step, offset, duration)
 
 
-@dataclass(frozen=True)
-class Window:
-    start: int  # first sample given to the model
-    end: int  # one past the last sample
-    keep_start: float  # seconds: the window's own span, whose words it contributes ...
-    keep_end: float  # ... [keep_start, keep_end); the rest is context shared with its neighbours
+def timed_words(hypothesis: Hypothesis, seconds_per_step: float, offset: float = 0.0,
+                duration: float = math.inf) -> tuple[TimedWord, ...]:
+    """The hypothesis' words in seconds; ends are clipped to ``duration``, the file's length
+    (the last output step may reach up to one step past the last sample)."""
+    words = []
+    for w in hypothesis.words:
+        end = min(round(offset + w.end * seconds_per_step, 3), duration)
+        start = min(round(offset + w.start * seconds_per_step, 3), end)
+        words.append(TimedWord(w.word, start, end, round(w.confidence, 4)))
+    return tuple(words)
+
+
+def decode_windows(decoder: ParallelDecoder | Decoder, files: Sequence[FileEmissions]) -> list[list[Hypothesis]]:
+    """The best hypothesis of every window of every file, all windows decoded in one call."""
+    matrices = [matrix for file in files for matrix in file.matrices]
+    best = iter(nbest[0] for nbest in decoder.decode(matrices)) if isinstance(decoder, ParallelDecoder) \
+        else iter(decoder.decode_matrix(m)[0] for m in matrices)
+    return [[next(best) for _ in file.matrices] for file in files]
+
+
+def join_windows(file: FileEmissions, hypotheses: Sequence[Hypothesis], seconds_per_step: float,
+                 sample_rate: int) -> tuple[str, tuple[TimedWord, ...]]:
+    """A file's transcript and timed words from its windows' hypotheses: each window keeps
+    the words centred in its own span. The one function behind transcribe, evaluate and tune-lm."""
+    if len(file.windows) == 1:
+        return hypotheses[0].text, timed_words(hypotheses[0], seconds_per_step, 0.0, file.duration)
+    words: list[TimedWord] = []
+    for window, hypothesis in sorted(zip(file.windows, hypotheses), key=lambda item: item[0].start):
+        for word in timed_words(hypothesis, seconds_per_step, window.start / sample_rate, file.duration):
+            if window.keep_start <= (word.start + word.end) / 2 < window.keep_end:
+                words.append(word)
+    return " ".join(w.word for w in words), tuple(words)
 
 
 def plan_windows(samples: np.ndarray, sample_rate: int, max_seconds: float = LONG_AUDIO_SECONDS,
                  overlap: float = WINDOW_OVERLAP_SECONDS, search: float = CUT_SEARCH_SECONDS) -> list[Window]:
-    """Cut long audio into windows of at most ``max_seconds``, at the quietest moments.
+    """Cut long audio into windows of at most ``max_seconds`` (overlap included), at the
+    quietest moments.
 
-    Each cut goes to the lowest-energy 100 ms within ``search`` seconds before the longest
-    allowed span, so cuts fall in pauses when there are any. Windows extend ``overlap``
-    seconds past each cut as context; words are assigned to the window owning their centre.
+    Each cut goes to the lowest-energy 100 ms within ``search`` seconds (and within the second
+    half) before the longest allowed span, so cuts fall in pauses when there are any. Windows
+    extend ``overlap`` seconds past each cut as context; words are assigned to the window
+    owning their centre.
     """
     total = len(samples)
     if total <= max_seconds * sample_rate:
         return [Window(0, total, 0.0, math.inf)]
+    if max_seconds <= 2 * overlap:
+        raise ValueError(f"windows of {max_seconds} s leave no room between overlaps of {overlap} s")
     hop = sample_rate // 100  # 10 ms energy frames
     frames = samples[: total // hop * hop].reshape(-1, hop)  # (frames, hop), a view
     power = np.einsum("ij,ij->i", frames, frames) / hop  # no squared copy of an hour of audio
@@ -231,8 +307,10 @@ def plan_windows(samples: np.ndarray, sample_rate: int, max_seconds: float = LON
     while total - cuts[-1] > span:
         latest = cuts[-1] + span
         earliest = max(cuts[-1] + span // 2, latest - reach)
-        window_frames = energy[earliest // hop : latest // hop]
-        cuts.append((earliest // hop + int(window_frames.argmin())) * hop if len(window_frames) else latest)
+        # Frames wholly inside [earliest, latest]: a cut at a frame's start never passes latest.
+        first, last = -(-earliest // hop), latest // hop
+        candidates = energy[first:last + 1]
+        cuts.append((first + int(candidates.argmin())) * hop if len(candidates) else latest)
     cuts.append(total)
     margin = int(overlap * sample_rate)
     windows = []
@@ -259,130 +337,52 @@ def _batches_by_duration(order: list[int], lengths: list[int], sample_rate: int)
 INFERENCE_PRECISIONS = ("fp32", "bf16", "int8")
 
 
+class PrecisionError(AsrError):
+    """An inference precision this build or device cannot run."""
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> SpeechRecognizer:
-    """Load a checkpoint written by ``asr train`` for transcription.
+    """Load a model for transcription: a checkpoint written by ``asr train`` (``.pt``), a
+    model folder written by ``asr package``, or ``hf://ORG/NAME[@revision]`` (a folder on the
+    Hugging Face Hub; needs the ``hub`` extra).
 
     ``precision``: fp32; bf16 autocast (CPUs with AVX-512 bf16 / AMX, and GPUs); or int8
-    dynamic quantisation of the LSTM and linear weights (CPU only).
+    dynamic quantisation of the LSTM/GRU and linear weights (CPU only).
     """
+    from dataclasses import replace
+
+    from asr.package import read_model
+
     if precision not in INFERENCE_PRECISIONS:
-        raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, not {precision!r}")
+        raise PrecisionError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, not {precision!r}")
     device = torch.device(device)
     if precision == "int8" and device.type != "cpu":
-        raise ValueError("int8 dynamic quantisation runs on the CPU only; use bf16 on a GPU")
-    payload = load_checkpoint(path, map_location="cpu")
+        raise PrecisionError(f"int8 dynamic quantisation runs on the CPU only, not on {device}; use bf16 on a GPU")
+    saved = read_model(path)
+    config = saved.config
+    if precision == "int8":
+        # Quantised LSTMs keep their weights packed, with no named_parameters() for the fused
+        # bidirectional call of rnn_input: packed to borrow; the padded path is exact too.
+        config = replace(config, model=replace(config.model, rnn_input="padded"))
     try:
-        config = from_dict(ExperimentConfig, payload["config"])
-        vocabulary = CharVocabulary(payload["vocabulary"])
         frontend = FeatureFrontend(config.features)
-        frontend.normalizer.mean.copy_(payload["normalizer"]["mean"])
-        frontend.normalizer.std.copy_(payload["normalizer"]["std"])
-        model = AcousticModel(config.model, config.features.n_mels, len(vocabulary))
-        model.load_state_dict(payload["model"])
+        frontend.normalizer.mean.copy_(saved.normalizer_mean)
+        frontend.normalizer.std.copy_(saved.normalizer_std)
+        model = AcousticModel(config.model, config.features.n_mels, len(saved.vocabulary))
+        model.load_state_dict(saved.model_state)
     except (ValueError, KeyError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{path}: checkpoint does not match this version of asr ({err})") from err
     if precision == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear},
-                                                       dtype=torch.qint8)
-    recognizer = SpeechRecognizer(config, vocabulary, frontend.to(device), model.to(device), device)
+        import warnings
+
+        with warnings.catch_warnings():  # torch's notices that torch.ao moves to torchao: nothing a user can act on
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            model = torch.ao.quantization.quantize_dynamic(
+                model.eval(), {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8)
+    recognizer = SpeechRecognizer(config, saved.vocabulary, frontend.to(device), model.to(device), device)
     recognizer.precision = precision
+    # The longest training utterance (None when the checkpoint predates the record): longer
+    # windows are out of the model's experience.
+    recognizer.max_train_seconds = saved.train_audio.max_seconds if saved.train_audio else None
     return recognizer
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class EvaluationReport:
-    scores: list[UtteranceScore]  # per utterance, in manifest order
-    failed: list[Transcription] = field(default_factory=list)  # utterances whose audio failed
-    audio_seconds: float = 0.0
-
-    @property
-    def words(self) -> ErrorCounts:
-        return sum((s.words for s in self.scores), ErrorCounts(0, 0, 0, 0))
-
-    @property
-    def chars(self) -> ErrorCounts:
-        return sum((s.chars for s in self.scores), ErrorCounts(0, 0, 0, 0))
-
-    def worst(self, count: int = 10) -> list[UtteranceScore]:
-        return sorted(self.scores, key=lambda s: (-s.words.errors, -s.words.rate, s.id))[:count]
-
-    def format(self, worst: int = 10) -> str:
-        w, c = self.words, self.chars
-        lines = [
-            f"utterances: {len(self.scores)} scored, {len(self.failed)} failed; audio {self.audio_seconds / 60:.1f} min",
-            f"WER {100 * w.rate:.2f} %  ({w.errors} errors / {w.reference_length} words: "
-            f"{w.substitutions} substitutions, {w.deletions} deletions, {w.insertions} insertions)",
-            f"CER {100 * c.rate:.2f} %  ({c.errors} errors / {c.reference_length} characters: "
-            f"{c.substitutions} substitutions, {c.deletions} deletions, {c.insertions} insertions)",
-        ]
-        if self.failed:
-            lines.append("failed:")
-            lines += [f"  {t.path}: {t.error}" for t in self.failed]
-        if worst and self.scores:
-            lines.append(f"worst {min(worst, len(self.scores))} utterances by word errors:")
-            for s in self.worst(worst):
-                lines += [
-                    f"  {s.id}  ({s.words.errors} word errors, WER {100 * s.words.rate:.0f} %)",
-                    f"    REF: {s.reference}",
-                    f"    HYP: {s.hypothesis}",
-                ]
-        return "\n".join(lines)
-
-
-def evaluate(recognizer: SpeechRecognizer, utterances: Sequence[Utterance]) -> EvaluationReport:
-    """Transcribe every utterance of a manifest and score it against its reference."""
-    results = recognizer.transcribe([u.audio for u in utterances])
-    ok = [(u, r) for u, r in zip(utterances, results) if r.ok]
-    scores = score_utterances([u.id for u, _ in ok], [u.text for u, _ in ok], [r.text for _, r in ok])
-    return EvaluationReport(scores, [r for r in results if not r.ok], sum(r.duration for _, r in ok))
-
-
-def evaluate_manifest(recognizer: SpeechRecognizer, manifest: str | Path) -> EvaluationReport:
-    return evaluate(recognizer, read_manifest(manifest))
-
-
-# --------------------------------------------------------------------------- subtitles
-
-
-@dataclass(frozen=True)
-class Cue:
-    start: float  # seconds
-    end: float  # seconds
-    text: str
-
-
-def subtitle_cues(words: Sequence[TimedWord], max_seconds: float = 6.0, max_words: int = 14,
-                  pause: float = 0.8) -> list[Cue]:
-    """Group timed words into subtitle cues: a new cue after a pause, or when one gets too long."""
-    cues: list[Cue] = []
-    current: list[TimedWord] = []
-    for word in words:
-        if current and (word.start - current[-1].end >= pause or word.end - current[0].start > max_seconds
-                        or len(current) >= max_words):
-            cues.append(Cue(current[0].start, current[-1].end, " ".join(w.word for w in current)))
-            current = []
-        current.append(word)
-    if current:
-        cues.append(Cue(current[0].start, current[-1].end, " ".join(w.word for w in current)))
-    return cues
-
-
-def _timestamp(seconds: float, decimal: str) -> str:
-    millis = round(seconds * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
-
-
-def format_srt(cues: Sequence[Cue]) -> str:
-    blocks = [f"{i}\n{_timestamp(c.start, ',')} --> {_timestamp(c.end, ',')}\n{c.text}\n" for i, c in enumerate(cues, 1)]
-    return "\n".join(blocks)
-
-
-def format_vtt(cues: Sequence[Cue]) -> str:
-    blocks = [f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{c.text}\n" for c in cues]
-    return "\n".join(["WEBVTT\n", *blocks])

@@ -17,52 +17,80 @@ from typing import Literal
 import numpy as np
 import torch
 
-from asr.audio import AudioError, load_audio
-from asr.data import Utterance
-from asr.decoding import BeamSearchDecoder, DecodingSettings, GreedyDecoder, ParallelDecoder, build_decoder
+from asr.audio import AudioError, read_audio
+from asr.decoding import BeamSearchDecoder, Decoder, DecodingSettings, GreedyDecoder, ParallelDecoder, build_decoder
+from asr.evaluate import normalized_references
+from asr.manifest import Utterance
 from asr.metrics import ErrorCounts, error_counts
 from asr.text import CharVocabulary
-from asr.transcribe import SpeechRecognizer
+from asr.transcribe import FileEmissions, SpeechRecognizer, Window, decode_windows, join_windows
 
 
 @dataclass
 class Emissions:
     ids: list[str]  # utterance ids, in manifest order (failed audio left out)
-    references: list[str]  # their transcripts
-    matrices: list[np.ndarray]  # (T, V) log-probabilities per utterance
-    fingerprint: str  # checkpoint + manifest identity, to reject a stale cache
-    failed: list[str]  # "utterance id: reason" for audio that could not be read
+    references: list[str]  # their transcripts, normalised as `asr evaluate` normalises them
+    files: list[FileEmissions]  # per utterance: the (T, V) log-probabilities of its windows
+    fingerprint: str  # checkpoint + manifest + window identity, to reject a stale cache
+    failed: list[str]  # "utterance id: reason" for audio that could not be read or scored
+    seconds_per_step: float  # output step length and ...
+    sample_rate: int  # ... audio rate: windows' words are placed and joined as `asr evaluate` does
+
+    @property
+    def matrices(self) -> list[np.ndarray]:
+        """Every window's (T, V) matrix, utterance by utterance."""
+        return [matrix for file in self.files for matrix in file.matrices]
 
 
-def fingerprint(checkpoint: str | Path, utterances: Sequence[Utterance]) -> str:
-    stat = os.stat(checkpoint)
+def decode_texts(emissions: Emissions, decoder: Decoder | ParallelDecoder) -> list[str]:
+    """One transcript per utterance: windows decoded and joined by the functions that
+    ``asr transcribe``/``asr evaluate`` use, so a tuned setting is scored as it will be used."""
+    hypotheses = decode_windows(decoder, emissions.files)
+    return [join_windows(file, best, emissions.seconds_per_step, emissions.sample_rate)[0]
+            for file, best in zip(emissions.files, hypotheses)]
+
+
+def fingerprint(checkpoint: str | Path, utterances: Sequence[Utterance], window_seconds: float | None = None) -> str:
+    from asr.package import weights_file
+
+    stat = os.stat(weights_file(checkpoint))  # a checkpoint file, or a model folder's weights
     digest = hashlib.sha1(f"{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest.update(f"windows {window_seconds}|emissions v2\n".encode())  # v2: windowed, normalised references
     for u in utterances:
         digest.update(f"{u.id}|{u.audio}|{u.text}\n".encode())
     return digest.hexdigest()
 
 
-def compute_emissions(recognizer: SpeechRecognizer, utterances: Sequence[Utterance], fingerprint: str) -> Emissions:
-    kept: list[tuple[Utterance, torch.Tensor]] = []
-    failed = []
-    for utt in utterances:
+def compute_emissions(recognizer: SpeechRecognizer, utterances: Sequence[Utterance], fingerprint: str,
+                      labels: Sequence[str] | None = None) -> Emissions:
+    """The acoustic model's output on every utterance, through the windowing of
+    :meth:`SpeechRecognizer.file_emissions`; references as :mod:`asr.evaluate` scores them
+    (``labels`` name the utterances in messages, e.g. "manifest:line")."""
+    references = normalized_references(utterances, recognizer.vocabulary, labels)
+    failed = list(references.skipped)
+    kept: list[tuple[Utterance, str, torch.Tensor]] = []
+    for index, reference in zip(references.kept, references.texts):
+        utt = utterances[index]
         try:
-            kept.append((utt, torch.from_numpy(load_audio(utt.audio, recognizer.sample_rate))))
+            kept.append((utt, reference, torch.from_numpy(read_audio(utt.audio, recognizer.sample_rate).samples)))
         except AudioError as err:
             failed.append(f"{utt.id}: {err}")
-    matrices = recognizer.emission_matrices([waveform for _, waveform in kept])
-    failed += [f"{utt.id}: {m}" for (utt, _), m in zip(kept, matrices) if isinstance(m, str)]
-    ok = [(utt, m) for (utt, _), m in zip(kept, matrices) if not isinstance(m, str)]
-    return Emissions([u.id for u, _ in ok], [u.text for u, _ in ok], [m for _, m in ok], fingerprint, failed)
+    files = recognizer.file_emissions([waveform for _, _, waveform in kept])
+    failed += [f"{utt.id}: {f}" for (utt, _, _), f in zip(kept, files) if isinstance(f, str)]
+    ok = [(utt, reference, f) for (utt, reference, _), f in zip(kept, files) if isinstance(f, FileEmissions)]
+    return Emissions([u.id for u, _, _ in ok], [r for _, r, _ in ok], [f for _, _, f in ok], fingerprint, failed,
+                     recognizer.seconds_per_step, recognizer.sample_rate)
 
 
 def save_emissions(path: str | Path, emissions: Emissions) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"ids": emissions.ids, "references": emissions.references, "fingerprint": emissions.fingerprint,
-                "failed": emissions.failed, "matrices": [torch.from_numpy(m) for m in emissions.matrices]}, tmp)
-    os.replace(tmp, path)
+    from asr.atomic import atomic_write
+
+    with atomic_write(path, "wb") as out:
+        torch.save({"ids": emissions.ids, "references": emissions.references, "fingerprint": emissions.fingerprint,
+                    "failed": emissions.failed, "matrices": [torch.from_numpy(m) for m in emissions.matrices],
+                    "windows": [[(w.start, w.end, w.keep_start, w.keep_end) for w in f.windows] for f in emissions.files],
+                    "durations": [f.duration for f in emissions.files],
+                    "seconds_per_step": emissions.seconds_per_step, "sample_rate": emissions.sample_rate}, out)
 
 
 def load_emissions(path: str | Path, expected_fingerprint: str) -> Emissions | None:
@@ -73,8 +101,11 @@ def load_emissions(path: str | Path, expected_fingerprint: str) -> Emissions | N
         return None
     if data.get("fingerprint") != expected_fingerprint:
         return None
-    return Emissions(data["ids"], data["references"], [m.numpy() for m in data["matrices"]],
-                     data["fingerprint"], data["failed"])
+    matrices = iter(m.numpy() for m in data["matrices"])
+    files = [FileEmissions(tuple(Window(*w) for w in windows), tuple(next(matrices) for _ in windows), duration)
+             for windows, duration in zip(data["windows"], data["durations"])]
+    return Emissions(data["ids"], data["references"], files, data["fingerprint"], data["failed"],
+                     data["seconds_per_step"], data["sample_rate"])
 
 
 @dataclass(frozen=True)
@@ -120,7 +151,7 @@ def tune_lm(
     ``metric`` ranks the pairs: WER for word LMs, usually CER for a character LM.
     """
     greedy = GreedyDecoder(vocabulary)
-    baseline = score(emissions, [greedy.decode_matrix(m)[0].text for m in emissions.matrices])
+    baseline = score(emissions, decode_texts(emissions, greedy))
     template = build_decoder(vocabulary, replace(base, method="beam"))
     assert isinstance(template, BeamSearchDecoder)
     rows: list[TuningRow] = []
@@ -128,7 +159,7 @@ def tune_lm(
         options = replace(base.beam, lm_weight=lm_weight, word_score=word_score, nbest=1)
         decoder = template.with_options(options)  # the LM and lexicon trie are loaded once
         with ParallelDecoder(decoder, workers) as parallel:
-            texts = [nbest[0].text for nbest in parallel.decode(emissions.matrices)]
+            texts = decode_texts(emissions, parallel)
         rows.append(score(emissions, texts, lm_weight, word_score))
         if progress:
             progress(rows[-1])

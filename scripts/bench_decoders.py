@@ -66,6 +66,7 @@ def main() -> None:
     word_score = args.word_score if args.word_score is not None else (settings.beam.word_score if settings else 0.0)
 
     recognizer = load_model(args.checkpoint)
+    recognizer.window_seconds = math.inf  # whole utterances: one matrix (and one text) each
     utterances = read_manifest(args.manifest)
     emissions = compute_emissions(recognizer, utterances, fingerprint(args.checkpoint, utterances))
     matrices = emissions.matrices

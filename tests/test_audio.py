@@ -38,3 +38,33 @@ def test_bad_files_raise_audio_error_naming_file(tmp_path):
         assert name in str(err.value) and reason in str(err.value)
     with pytest.raises(AudioError, match="zero length"):
         audio_duration(tmp_path / "zero.wav")
+
+
+def test_anti_phase_stereo_uses_one_channel_with_a_warning(tmp_path):
+    from asr.audio import read_audio
+
+    t = np.arange(16000) / 16000
+    left = 0.5 * np.sin(2 * np.pi * 300 * t)
+    soundfile.write(tmp_path / "anti.wav", np.stack([left, -left], axis=1).astype(np.float32), 16000)
+    loaded = read_audio(tmp_path / "anti.wav")
+    assert np.max(np.abs(loaded.samples)) == pytest.approx(0.5, abs=0.01)  # not the silent mean
+    assert len(loaded.warnings) == 1 and "cancel" in loaded.warnings[0]
+    with pytest.warns(UserWarning, match="anti.wav: the channels cancel"):
+        load_audio(tmp_path / "anti.wav")  # training's loader says so too
+    # Ordinary stereo and silent stereo: the mean, no warning.
+    soundfile.write(tmp_path / "quiet.wav", np.zeros((16000, 2), dtype=np.float32), 16000)
+    soundfile.write(tmp_path / "same.wav", np.stack([left, left], axis=1).astype(np.float32), 16000)
+    assert read_audio(tmp_path / "quiet.wav").warnings == () and read_audio(tmp_path / "same.wav").warnings == ()
+
+
+def test_truncated_wav_is_read_as_far_as_it_goes_with_a_warning(tmp_path):
+    from asr.audio import read_audio
+
+    soundfile.write(tmp_path / "whole.wav", np.full(32000, 0.1, dtype=np.float32), 16000, subtype="PCM_16")
+    data = (tmp_path / "whole.wav").read_bytes()
+    (tmp_path / "half.wav").write_bytes(data[: len(data) // 2])
+    loaded = read_audio(tmp_path / "half.wav")
+    assert abs(len(loaded.samples) - 16000) < 50
+    assert loaded.warnings == ("file is truncated: its header promises 2.00 s of audio, it holds 1.00 s; "
+                               "transcribing what is there",)
+    assert read_audio(tmp_path / "whole.wav").warnings == ()

@@ -180,7 +180,8 @@ def test_json_srt_and_vtt_carry_word_times(trained_checkpoint, tone_corpus, tmp_
 
 
 def test_subtitle_cues_split_at_pauses_and_format_times():
-    from asr.transcribe import TimedWord, format_srt, format_vtt, subtitle_cues
+    from asr.transcribe import TimedWord
+    from asr.writers import format_srt, format_vtt, subtitle_cues
 
     words = [TimedWord("a", 0.5, 0.9, 1.0), TimedWord("cab", 1.0, 1.5, 1.0), TimedWord("dab", 3661.25, 3661.5, 1.0)]
     cues = subtitle_cues(words, pause=0.8)
@@ -232,3 +233,22 @@ def test_long_file_is_transcribed_in_windows_with_ordered_times(trained_checkpoi
     recognizer.window_seconds = 1e9
     (unwindowed,) = recognizer.transcribe([long_file])
     assert unwindowed.hypothesis is not None
+
+
+def test_prepare_librispeech_with_a_local_folder_of_that_name(tmp_path, monkeypatch, capsys):
+    from test_data import write_librispeech_folder
+
+    monkeypatch.chdir(tmp_path)
+    write_librispeech_folder(tmp_path / "librispeech")
+    transcript = tmp_path / "librispeech" / "22" / "100" / "22-100.trans.txt"
+    transcript.write_bytes(transcript.read_bytes().replace(b"HELLO WORLD NUMBER 2", b"H\xc9LLO"))
+    # No download option: the folder here is meant, and the note says how to reach the download command.
+    assert main(["prepare", "librispeech", "out.jsonl"]) == 0
+    err = capsys.readouterr().err
+    assert "reading 'librispeech' as the folder" in err and "asr prepare-librispeech" in err
+    assert "librispeech/22/100/22-100.trans.txt:3: not valid UTF-8" in err  # the bad line is named, the rest prepared
+    assert len(read_manifest(tmp_path / "out.jsonl")) == 5
+    # With download options it is the download command (an unknown subset fails before any download).
+    assert main(["prepare", "librispeech", "--subsets", "no-such-subset", "--dest", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "download command" in err and "unknown subset" in err

@@ -84,6 +84,48 @@ def test_manifest_round_trip_and_malformed_lines(tmp_path):
         read_manifest(tmp_path / "missing.jsonl")
 
 
+def test_bad_manifest_lines_are_reported_by_line_and_the_rest_kept(tmp_path):
+    from asr.manifest import read_manifest_lines
+
+    audio = tmp_path / "a.wav"
+    soundfile.write(audio, np.zeros(8000, dtype=np.float32), 16000)
+    good = {"id": "ok", "audio": str(audio), "text": "hi", "duration": 0.5}
+    lines = [
+        json.dumps(good).encode(),
+        b'{"id": "broken", "audio": ',  # 2: malformed JSON
+        json.dumps({"id": "no-text", "audio": str(audio), "duration": 0.5}).encode(),  # 3
+        b'{"id": "latin", "audio": "x.wav", "text": "caf\xe9", "duration": 1}',  # 4: Latin-1, not UTF-8
+        b"",  # 5: blank lines are fine
+        json.dumps({"id": "no-duration", "audio": str(audio), "text": "hi"}).encode(),  # 6: read from the audio
+        json.dumps({"id": "neg", "audio": str(audio), "text": "hi", "duration": -1}).encode(),  # 7
+        json.dumps({"id": "gone", "audio": str(tmp_path / "gone.wav"), "text": "hi"}).encode(),  # 8: no duration, no file
+        b"[1, 2]",  # 9: not an object
+    ]
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    reading = read_manifest_lines(tmp_path / "m.jsonl")
+    assert [u.id for u in reading.utterances] == ["ok", "no-duration"] and reading.line_numbers == [1, 6]
+    assert reading.utterances[1].duration == pytest.approx(0.5)
+    reasons = {p.line: p.reason for p in reading.problems}
+    assert sorted(reasons) == [2, 3, 4, 7, 8, 9]
+    assert "malformed JSON" in reasons[2] and "'text'" in reasons[3] and "not valid UTF-8 (byte 0xe9" in reasons[4]
+    assert "duration" in reasons[7] and "file not found" in reasons[8] and "JSON object" in reasons[9]
+    assert all(str(p).startswith(f"{tmp_path / 'm.jsonl'}:{p.line}: ") for p in reading.problems)
+    # The strict reader (training) stops at the first bad line, naming it and counting the rest.
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: malformed JSON.*and 5 more bad lines"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_scan_librispeech_skips_a_transcript_line_that_is_not_utf8(tmp_path):
+    write_librispeech_folder(tmp_path)
+    transcript = tmp_path / "11" / "100" / "11-100.trans.txt"
+    lines = transcript.read_bytes().splitlines()
+    lines[1] = b"11-100-0001 CAF\xc9 NOIR"  # Latin-1
+    transcript.write_bytes(b"\n".join(lines) + b"\n")
+    report = scan_librispeech(tmp_path)
+    assert len(report.utterances) == 5  # the other speaker's and this file's other lines
+    assert report.bad_lines == [f"{transcript}:2: not valid UTF-8 (byte 0xc9 at column 16)"]
+
+
 def test_filter_counts_each_reason():
     vocab = CharVocabulary.english()
     utts = [
@@ -137,3 +179,41 @@ def test_dataset_returns_waveform_and_labels(tmp_path):
     assert index == 0 and waveform.shape == (800,) and labels.tolist() == [3, 4]
     again = dataset[0][1]
     torch.testing.assert_close(waveform, again)  # cached copy gives identical samples
+
+
+def test_joins_keep_every_utterance_once_within_speaker_and_duration():
+    from asr.data import JoinedUtterance, join_utterances, parts_of
+
+    utterances = [Utterance(f"{s}-{i}", f"{s}-{i}.wav", f"word {i}", 1.0 + i % 3, speaker=s)
+                  for s in ("a", "b") for i in range(20)]
+    items = join_utterances(utterances, fraction=0.6, max_parts=3, max_gap=0.5, max_duration=6.0, seed=7)
+    assert items == join_utterances(utterances, 0.6, 3, 0.5, 6.0, seed=7)  # resumable: depends on the seed only
+    assert sorted(p.id for item in items for p in parts_of(item)) == sorted(u.id for u in utterances)
+    joins = [item for item in items if isinstance(item, JoinedUtterance)]
+    assert joins and len(joins) < len(items)
+    for join in joins:
+        assert 2 <= len(join.parts) <= 3 and len({p.speaker for p in join.parts}) == 1
+        assert len(join.gaps) == len(join.parts) and all(0 <= g <= 0.5 for g in join.gaps)
+        assert join.duration <= 6.0
+        assert join.text == " ".join(p.text for p in join.parts)
+    assert join_utterances(utterances, 0.0, 3, 0.5, 6.0, seed=7) == utterances
+
+
+def test_a_joined_item_is_its_parts_with_silence_before_each(tmp_path):
+    import soundfile
+
+    from asr.data import JoinedUtterance
+
+    rate = 16_000
+    tones = []
+    for k in range(2):
+        samples = (0.5 * np.sin(np.arange(rate // 2) * 0.05 * (k + 1))).astype(np.float32)
+        soundfile.write(tmp_path / f"{k}.wav", samples, rate, subtype="FLOAT")
+        tones.append(samples)
+    parts = tuple(Utterance(str(k), str(tmp_path / f"{k}.wav"), "ab"[k], 0.5) for k in range(2))
+    join = JoinedUtterance(parts, (0.25, 0.125))
+    vocabulary = CharVocabulary.english()
+    index, waveform, labels = SpeechDataset([join], vocabulary)[0]
+    expected = np.concatenate([np.zeros(4000), tones[0], np.zeros(2000), tones[1]]).astype(np.float32)
+    assert torch.equal(waveform, torch.from_numpy(expected))
+    assert vocabulary.decode(labels.tolist()) == "a b"

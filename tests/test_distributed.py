@@ -77,3 +77,50 @@ def test_elastic_restart_after_a_worker_is_killed(tone_corpus, tmp_path):
     assert position["epoch"] == 40
     # 40 tiny epochs take far less than 30 minutes, so the epochs cap the fitted length.
     assert "schedule fitted" in output and 0.9 < position["schedule_steps"] / position["step"] < 1.1
+
+
+def run_or_fail_on_hang(command: list[str], timeout: float, log_path) -> tuple[int, str]:
+    """Run torchrun with its output in ``log_path``; if it hangs, kill its workers (each in a
+    session of its own, by pid) and torchrun, and fail. Returns (exit code, output)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log_path, "w") as log:
+        job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            job.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+            for pid in workers:
+                os.kill(int(pid), signal.SIGKILL)
+            job.kill()
+            job.wait()
+            pytest.fail(f"the ranks hung (killed after {timeout} s):\n{open(log_path).read()[-3000:]}")
+    return job.returncode, open(log_path).read()
+
+
+@pytest.mark.slow
+def test_ranks_stay_in_step_when_one_ranks_batch_is_all_unreadable(tone_corpus, tmp_path):
+    from asr.data import BucketBatchSampler, Utterance, frame_counts, read_manifest, write_manifest
+
+    broken = tmp_path / "broken.flac"
+    broken.write_text("not audio")
+    # 10 s is over the batches' 350-frame budget: the file gets a batch of its own, empty once read.
+    utterances = [*read_manifest(tone_corpus["train"]), Utterance("broken", str(broken), "abc", 10.0, "1")]
+    write_manifest(tmp_path / "train.jsonl", utterances)
+    out = tmp_path / "run"
+    # A time budget too: its check is another collective that a skipping rank would miss.
+    config = tiny_config(out, tone_corpus, data={"train_manifest": str(tmp_path / "train.jsonl"),
+                                                 "max_frames_per_batch": 350},
+                         train={"epochs": 2, "device": "cpu", "max_minutes": 30.0})
+    sampler = BucketBatchSampler(frame_counts(utterances, config.features), 350, seed=config.train.seed,
+                                 num_replicas=2)
+    empty_batches = 0
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        empty_batches += sum(batch == [len(utterances) - 1] for batch in sampler._remaining())
+    assert empty_batches > 0  # the test's premise: some rank gets the all-unreadable batch
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "asr.train", write_config(config, tmp_path)]
+    returncode, output = run_or_fail_on_hang(command, timeout=180, log_path=tmp_path / "torchrun.log")
+    assert returncode == 0, output[-3000:]
+    assert "skipping utterance broken" in output
+    assert load_checkpoint(out / "last.pt")["train_state"]["position"]["epoch"] == 2

@@ -140,3 +140,17 @@ def test_vtlp_draws_one_warp_per_utterance_only_when_enabled():
     assert not torch.allclose(banks[0], banks[1])
     with pytest.raises(ConfigError, match="warp_factor"):
         SpecAugmentConfig(warp_factor=1.5)
+
+
+@pytest.mark.parametrize("rate, hop, window", [(16000, 160, 400), (8000, 80, 200), (22050, 256, 1024)])
+def test_one_frame_count_formula_for_features_and_manifest_durations(rate, hop, window):
+    from asr.data import Utterance, frame_counts, output_frames
+
+    config = FeatureConfig(sample_rate=rate, hop_length=hop, win_length=window, n_fft=window, n_mels=20)
+    log_mel = LogMel(config)
+    for samples in (hop * 3, hop * 3 + 1, 12345):
+        _, lengths = log_mel(torch.zeros(1, samples), torch.tensor([samples]))
+        computed = log_mel.mel_power(torch.zeros(1, samples)).shape[1]  # (1, T, n_mels)
+        assert lengths.item() == computed == config.num_frames(samples) == config.frames_for_duration(samples / rate)
+        assert frame_counts([Utterance("x", "x.flac", "a", samples / rate)], config) == [computed]
+        assert output_frames(samples / rate, 3, config) == -(-computed // 3)

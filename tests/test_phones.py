@@ -129,3 +129,15 @@ def test_training_with_the_phone_loss_trains_the_phone_head(tone_corpus, tmp_pat
     moments = payload["train_state"]["optimizer"]["state"][names.index("phone_output.weight")]["exp_avg"]
     assert moments.abs().sum() > 0
     load_model(tmp_path / "run" / "best.pt")  # transcription loads it without espeak-ng
+
+
+@pytest.mark.parametrize("damage", [b'{"ace": "\xc3', b"\xff\xfe", b'["not", "a", "mapping"]', b'{"ace": 3}'])
+def test_a_damaged_phone_cache_is_rebuilt_not_fatal(tmp_path, monkeypatch, damage):
+    calls = []
+    monkeypatch.setattr(phones, "_espeak", fake_espeak(calls))
+    cache = tmp_path / "phones.json"
+    cache.write_bytes(damage)
+    with pytest.warns(UserWarning, match="unusable phone cache"):
+        labels = phonemize(["ace"], cache)
+    assert symbols(labels["ace"]) == ["æ", "k", "iː"] and calls == [["ace"]]
+    assert json.loads(cache.read_text()) == {"ace": "ækiː"}

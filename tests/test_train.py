@@ -142,13 +142,99 @@ def test_the_epoch_log_measures_the_time_spent_waiting_for_data(tone_corpus, tmp
 
     load = SpeechDataset._load
 
-    def slow_load(utterance):  # a loader far slower than the tiny model's steps
+    def slow_load(self, utterance):  # a loader far slower than the tiny model's steps
         time.sleep(0.25)
-        return load(utterance)
+        return load(self, utterance)
 
-    monkeypatch.setattr(SpeechDataset, "_load", staticmethod(slow_load))
+    monkeypatch.setattr(SpeechDataset, "_load", slow_load)
     slow = train(tiny_config(tmp_path / "slow", tone_corpus, data={"cache_audio": False}, train={"epochs": 1}))
-    monkeypatch.setattr(SpeechDataset, "_load", staticmethod(load))
+    monkeypatch.setattr(SpeechDataset, "_load", load)
     fast = train(tiny_config(tmp_path / "fast", tone_corpus, data={"cache_audio": False}, train={"epochs": 1}))
     assert slow.history[-1]["data_wait_fraction"] > 0.5
     assert fast.history[-1]["data_wait_fraction"] < slow.history[-1]["data_wait_fraction"]
+
+
+def strict_json_lines(path):
+    """Each line parsed by a strict JSON parser: NaN and Infinity are refused."""
+    def refuse(constant):
+        raise ValueError(f"{path}: {constant} is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in open(path, encoding="utf-8")]
+
+
+def test_metrics_log_each_epoch_once_after_a_kill_between_log_and_checkpoint(tone_corpus, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    sections = dict(train={"epochs": 3}, data={"max_frames_per_batch": 350})
+    steps_per_epoch = train(tiny_config(tmp_path / "probe", tone_corpus, **sections)).step // 3
+    train(tiny_config(out, tone_corpus, **dict(sections, train={"epochs": 3, "max_steps": steps_per_epoch})))
+    shutil.copy(out / "last.pt", tmp_path / "after-epoch-1.pt")
+    train(tiny_config(out, tone_corpus, **sections))
+    assert [m["epoch"] for m in strict_json_lines(out / "metrics.jsonl")] == [1, 2, 3]
+    # As if killed after logging epoch 3 (and 2) but before last.pt was replaced: the work
+    # since the checkpoint is redone, and logged once.
+    shutil.copy(tmp_path / "after-epoch-1.pt", out / "last.pt")
+    state = train(tiny_config(out, tone_corpus, **sections))
+    records = strict_json_lines(out / "metrics.jsonl")
+    assert [m["epoch"] for m in records] == [1, 2, 3]
+    assert records == state.history  # the log is the checkpointed history, rewritten whole
+
+
+def test_a_resumed_epoch_with_no_batches_left_logs_strict_json(tone_corpus, tmp_path, monkeypatch):
+    from asr import train as train_module
+
+    out = tmp_path / "run"
+    config = tiny_config(out, tone_corpus, train={"epochs": 2, "checkpoint_every_steps": 1})
+
+    def killed(run, stats):  # the process dies after the epoch's last step was checkpointed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "end_of_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.undo()
+    position = load_checkpoint(out / "last.pt")["train_state"]["position"]
+    assert position["epoch"] == 0 and position["batch_in_epoch"] > 0  # the epoch's batches are all done
+    train(config)
+    records = strict_json_lines(out / "metrics.jsonl")
+    assert [m["epoch"] for m in records] == [1, 2]
+    assert records[0]["train_loss"] is None and records[1]["train_loss"] > 0  # no batch left to average
+
+
+def test_an_8_khz_config_trains_on_the_features_inference_computes(tone_corpus, tmp_path):
+    from asr.data import frame_counts
+    from asr.train import build_run
+
+    features = {"sample_rate": 8000, "n_fft": 200, "win_length": 200, "hop_length": 80, "n_mels": 40}
+    config = tiny_config(tmp_path / "run", tone_corpus, features=features, data={"cache_audio": False},
+                         train={"epochs": 1})
+    train(config)
+    recognizer = load_model(tmp_path / "run" / "best.pt")
+    assert recognizer.sample_rate == 8000
+    seen = []
+    recognizer.frontend.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    run = build_run(config)  # what training feeds the model (resumed: the same normalisation)
+    dataset = run.train_loader.dataset
+    counts = frame_counts(dataset.utterances, config.features)
+    for index in (0, 3):
+        recognizer.transcribe([dataset.utterances[index].audio])
+        inference_features, inference_lengths = seen.pop()
+        _, waveform, _ = dataset[index]
+        train_features, train_lengths = run.frontend(waveform[None], torch.tensor([len(waveform)]))
+        assert train_lengths.item() == inference_lengths.item() == counts[index]
+        torch.testing.assert_close(train_features, inference_features)
+
+
+def test_the_train_command_says_when_there_is_no_validation_set(tone_corpus, tmp_path, capsys):
+    import yaml
+
+    from asr import cli
+    from asr.config import to_dict
+
+    config = tiny_config(tmp_path / "run", tone_corpus, data={"valid_manifest": ""}, train={"epochs": 1})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    assert cli.main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "no validation set" in out and "inf %" not in out
