@@ -7,8 +7,9 @@ __version__ = "0.1.0"
 __all__ = ["AsrError", "__version__", "load_model"]
 
 
-def load_model(path, device="cpu"):
-    """Load a checkpoint for transcription; see :func:`asr.transcribe.load_model`."""
-    from asr.transcribe import load_model as _load_model
+def load_model(path, device="cpu", precision="fp32"):
+    """Load a checkpoint, model folder or ``hf://ORG/NAME`` for transcription; see
+    :func:`asr.transcribe.load_model`."""
+    from asr.transcribe import load_model as _load_model  # torch loads only when a model does
 
-    return _load_model(path, device=device)
+    return _load_model(path, device=device, precision=precision)

@@ -1,4 +1,5 @@
-"""Write-temp-then-rename: a file either keeps its old content or gets the whole new one.
+"""Write-temp-then-rename: a file either keeps its old content or gets the whole new one
+(and :func:`json_safe`, for the JSON written that way).
 
 Every temporary file is ``.NAME.RANDOM.tmp`` in the target's own folder (a rename across
 file systems is not atomic), so a process killed mid-write leaves only files that
@@ -7,14 +8,15 @@ file systems is not atomic), so a process killed mid-write leaves only files tha
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"
 # Wall-clock time this process started (approximately: when asr was first imported). A
@@ -80,10 +82,27 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
                     os.fsync(written.fileno())
                 os.chmod(file, 0o666 & ~_umask())  # some writers (and mkstemp) create 0600
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-        os.rename(tmp, path)  # fails rather than replace a folder created meanwhile
+        # rename() would silently replace an empty folder created meanwhile (and fail on a
+        # non-empty one); check again so that neither is ever replaced. A folder created between
+        # this check and the rename is the one race left, and rename still refuses it unless empty.
+        if path.exists():
+            raise FileExistsError(f"{path} already exists")
+        os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts, lists, tuples) turned into
+    None: strict JSON parsers reject NaN and Infinity, so JSON files written here hold null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def stale_temporaries(folder: str | Path, name: str = "*", older_than: float = PROCESS_START) -> list[Path]:

@@ -85,9 +85,10 @@ def _downmix(samples: np.ndarray, notes: list[str]) -> np.ndarray:
     if samples.shape[1] == 1:
         return samples[:, 0]
     mono = samples.mean(axis=1)
+    # Powers by dot products: a squared copy of a 3-hour file would cost as much memory again.
     channel_power = np.einsum("ij,ij->j", samples, samples) / samples.shape[0]  # (channels,)
     loudest = int(np.argmax(channel_power))
-    if channel_power[loudest] > AUDIBLE_POWER and np.mean(mono**2) < CANCELLATION_RATIO * channel_power[loudest]:
+    if channel_power[loudest] > AUDIBLE_POWER and np.dot(mono, mono) / len(mono) < CANCELLATION_RATIO * channel_power[loudest]:
         notes.append(f"the channels cancel each other when mixed (one is in anti-phase?); "
                         f"using channel {loudest + 1} of {samples.shape[1]} alone")
         return samples[:, loudest]

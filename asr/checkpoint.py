@@ -9,7 +9,7 @@ loads with ``weights_only=True``, which never executes pickled code)::
     normalizer: {"mean": (n_mels,), "std": (n_mels,)}
     model: acoustic model state_dict
     metrics: {"epoch": ..., "valid_wer": ..., ...}
-    train_audio: {"max_seconds", "mean_seconds", "utterances"} of the training set, or None
+    train_audio: {"max_seconds", "mean_seconds", "utterances"} of the training set (TrainAudio), or None
     train_state: optional; optimiser, scheduler, position and RNG states for exact resume
 
 Older versions are upgraded on load, one step per version (:data:`UPGRADES`);
@@ -52,9 +52,20 @@ class ResumeMismatchError(CheckpointError):
 class TrainAudio:
     """Durations of the utterances a model was trained on: longer input is out of its experience."""
 
-    max_seconds: float  # the longest training utterance
+    max_seconds: float  # the longest training input (a joined item counts as one input)
     mean_seconds: float  # their mean duration
-    utterances: int  # how many there were
+    utterances: int  # how many utterances they hold (the parts of joined items each count)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's (and model folder's) ``train_audio`` section."""
+        return {"max_seconds": self.max_seconds, "mean_seconds": self.mean_seconds, "utterances": self.utterances}
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any] | None) -> TrainAudio | None:
+        """Read a ``train_audio`` section (None, before version 2, stays None)."""
+        if section is None:
+            return None
+        return cls(float(section["max_seconds"]), float(section["mean_seconds"]), int(section["utterances"]))
 
 
 @dataclass(frozen=True)
@@ -89,22 +100,27 @@ def build_payload(
         "normalizer": {"mean": normalizer_mean.detach().cpu(), "std": normalizer_std.detach().cpu()},
         "model": {name: value.detach().cpu() for name, value in model_state.items()},
         "metrics": metrics,
-        "train_audio": None if train_audio is None else {
-            "max_seconds": train_audio.max_seconds,
-            "mean_seconds": train_audio.mean_seconds,
-            "utterances": train_audio.utterances,
-        },
+        "train_audio": None if train_audio is None else train_audio.to_dict(),
     }
     if train_state is not None:
         payload["train_state"] = train_state
     return payload
 
 
-def train_audio_of(durations: list[float]) -> TrainAudio | None:
-    """Duration statistics of a training set (seconds per utterance)."""
+def payload_from_parts(version: int, asr_version: str, sections: Mapping[str, Any]) -> dict[str, Any]:
+    """A payload of layout ``version`` from its sections in plain form (``config`` as a dict,
+    ``vocabulary`` as a list, ...), e.g. read back from a model folder; :func:`upgrade_payload`
+    then brings it to the current layout."""
+    return {**sections, "format": CHECKPOINT_FORMAT, "version": version, "asr_version": asr_version}
+
+
+def train_audio_of(durations: list[float], utterances: int | None = None) -> TrainAudio | None:
+    """Duration statistics of a training set (seconds per input); ``utterances`` counts the
+    utterances those inputs hold when some are several joined ones (default: one each)."""
     if not durations:
         return None
-    return TrainAudio(max(durations), sum(durations) / len(durations), len(durations))
+    return TrainAudio(max(durations), sum(durations) / len(durations),
+                      len(durations) if utterances is None else utterances)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -114,7 +130,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """
     path = Path(path)
     remove_stale_temporaries(path.parent, glob.escape(path.name))
-    payload = {**payload, "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "asr_version": __version__}
+    payload = payload_from_parts(CHECKPOINT_VERSION, __version__, payload)
     with atomic_write(path, "wb") as out:
         torch.save(payload, out)
 
@@ -130,16 +146,22 @@ UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_1
 
 def upgrade_payload(payload: dict[str, Any], source: str | Path) -> dict[str, Any]:
     """Bring a payload of any earlier version to CHECKPOINT_VERSION, one step at a time."""
-    version = payload.get("version")
-    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{source}: checkpoint format version {version} (written by asr {payload.get('asr_version', '?')}) "
-            f"is not supported by this asr {__version__}, which reads versions 1 to {CHECKPOINT_VERSION}"
-        )
-    while version < CHECKPOINT_VERSION:
-        payload = {**UPGRADES[version](payload), "version": version + 1}
+    return apply_upgrades(payload, "version", CHECKPOINT_VERSION, UPGRADES, f"{source}: checkpoint format")
+
+
+def apply_upgrades(record: dict[str, Any], version_key: str, current: int,
+                   upgrades: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]], what: str) -> dict[str, Any]:
+    """Bring ``record`` from its ``record[version_key]`` to ``current``, one step of ``upgrades``
+    at a time (checkpoints here, model folders' config.json in asr.package); ``what`` names
+    the record in the error for a version this asr cannot read."""
+    version = record.get(version_key)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= current:
+        raise CheckpointError(f"{what} version {version} (written by asr {record.get('asr_version', '?')}) is not "
+                              f"supported by this asr {__version__}, which reads versions 1 to {current}")
+    while version < current:
+        record = {**upgrades[version](record), version_key: version + 1}
         version += 1
-    return payload
+    return record
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -167,9 +189,7 @@ def checkpoint_from_payload(payload: dict[str, Any], source: str | Path) -> Chec
         config = from_dict(ExperimentConfig, payload["config"])
         vocabulary = CharVocabulary(payload["vocabulary"])
         mean, std = payload["normalizer"]["mean"], payload["normalizer"]["std"]
-        audio = payload.get("train_audio")
-        train_audio = None if audio is None else TrainAudio(
-            float(audio["max_seconds"]), float(audio["mean_seconds"]), int(audio["utterances"]))
+        train_audio = TrainAudio.from_dict(payload.get("train_audio"))
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{source}: checkpoint does not match this version of asr ({err!r})") from err
     model_state = dict(payload["model"])

@@ -133,8 +133,9 @@ def tuned_settings_path(checkpoint: str) -> Path:
     return tuned_settings_file(checkpoint)
 
 
-def decoding_settings(args: argparse.Namespace):
-    """Greedy, the tuned settings beside the checkpoint, or beam search from the flags."""
+def decoding_settings(args: argparse.Namespace, model: str | Path | None = None):
+    """Greedy, the tuned settings beside the checkpoint, or beam search from the flags
+    (``model``: the checkpoint already resolved to a local file or folder)."""
     from dataclasses import replace
 
     from asr.decoding import DecodingSettings, load_decoding_settings
@@ -142,7 +143,7 @@ def decoding_settings(args: argparse.Namespace):
     if args.greedy:
         return DecodingSettings()
     settings = DecodingSettings()
-    tuned = tuned_settings_path(args.checkpoint)
+    tuned = tuned_settings_path(args.checkpoint if model is None else model)
     if tuned.is_file():
         settings = load_decoding_settings(tuned)
         print(f"using tuned decoding settings from {tuned}", file=sys.stderr)
@@ -157,10 +158,12 @@ def decoding_settings(args: argparse.Namespace):
 
 
 def load_recognizer(args: argparse.Namespace):
+    from asr.package import resolve_model
     from asr.transcribe import load_model
 
-    recognizer = load_model(args.checkpoint, device=args.device, precision=args.precision)
-    settings = decoding_settings(args)
+    model = resolve_model(args.checkpoint)  # once: hf:// is looked up in the Hub cache (or online)
+    recognizer = load_model(model, device=args.device, precision=args.precision)
+    settings = decoding_settings(args, model)
     problem = recognizer.use_decoding(settings, workers=args.workers)
     if problem:
         print(f"warning: {problem}", file=sys.stderr)
@@ -227,10 +230,31 @@ def write_utterance_scores(path: str, report) -> None:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def output_file_problem(option: str, path: str) -> str | None:
+    """Why ``path`` cannot be written as a file (checked before long work, which a late
+    failure would lose), or None."""
+    target = Path(path)
+    if target.is_dir():
+        return f"{option} {target} is a folder; give a file name"
+    existing = target.parent  # missing folders are created when the file is written
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{option} {target}: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):  # the file is written as a temporary beside it, then renamed
+        return f"{option} {target}: the folder {existing} is not writable"
+    return None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from asr.atomic import atomic_write
     from asr.evaluate import evaluate_manifest
 
+    for option, path in (("--report", args.report), ("--utterances", args.utterances)):
+        problem = path and output_file_problem(option, path)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     recognizer = load_recognizer(args)
     report = evaluate_manifest(recognizer, args.manifest)
     for problem in report.skipped:
@@ -238,14 +262,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     text = f"{args.checkpoint} on {args.manifest}, decoding: {recognizer.decoding.describe()}\n" + report.format(worst=args.worst)
-    print(text)
+    print(text)  # first: the report survives whatever happens to the files below
+    unwritten = 0
     if args.report:
-        with atomic_write(args.report) as out:
-            out.write(text + "\n")
-        print(f"report written to {args.report}", file=sys.stderr)
+        try:
+            with atomic_write(args.report) as out:
+                out.write(text + "\n")
+            print(f"report written to {args.report}", file=sys.stderr)
+        except OSError as err:  # e.g. disk full or permissions changed during the evaluation
+            unwritten += 1
+            print(f"error: cannot write the report to {args.report}: {err}", file=sys.stderr)
     if args.utterances:
-        write_utterance_scores(args.utterances, report)
-    return EXIT_OK if report.complete else EXIT_FAILURES
+        try:
+            write_utterance_scores(args.utterances, report)
+        except OSError as err:
+            unwritten += 1
+            print(f"error: cannot write per-utterance scores to {args.utterances}: {err}", file=sys.stderr)
+    return EXIT_OK if report.complete and not unwritten else EXIT_FAILURES
 
 
 def cmd_lm_build(args: argparse.Namespace) -> int:
@@ -263,17 +296,26 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
 def cmd_tune_lm(args: argparse.Namespace) -> int:
     from asr.decoding import BeamSearchOptions, DecodingSettings, save_decoding_settings
     from asr.manifest import ManifestError, read_manifest_lines
+    from asr.package import resolve_model, store_tuned_settings, tuned_settings_target
     from asr.transcribe import load_model
     from asr.tune import compute_emissions, fingerprint, load_emissions, save_emissions, tune_lm
 
+    if args.out:
+        problem = output_file_problem("--out", args.out)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        tuned_settings_target(args.checkpoint)  # refuses hf:// before the work, not after
     reading = read_manifest_lines(args.manifest)
     for problem in reading.problems:
         print(f"warning: skipped {problem}", file=sys.stderr)
     if not reading.utterances:
         raise ManifestError(f"{args.manifest}: no utterance to tune on")
     utterances = reading.utterances
-    recognizer = load_model(args.checkpoint, device=args.device)
-    identity = fingerprint(args.checkpoint, utterances, recognizer.window_seconds)
+    model = resolve_model(args.checkpoint)  # once: hf:// is looked up in the Hub cache (or online)
+    recognizer = load_model(model, device=args.device)
+    identity = fingerprint(model, utterances, recognizer.window_seconds)
     emissions = load_emissions(args.emissions_cache, identity) if args.emissions_cache else None
     if emissions is None:
         labels = [f"{args.manifest}:{n}" for n in reading.line_numbers]
@@ -301,12 +343,13 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
     print(f"greedy: WER {100 * g.words.rate:.2f} %, CER {100 * g.chars.rate:.2f} %")
     print(f"best:   WER {100 * best.words.rate:.2f} %, CER {100 * best.chars.rate:.2f} % at lm_weight {best.lm_weight:g}, "
           f"word_score {best.word_score:g} (beam {args.beam})")
-    out = Path(args.out) if args.out else tuned_settings_path(args.checkpoint)
-    save_decoding_settings(out, result.best)
-    if out == tuned_settings_path(args.checkpoint):
-        print(f"stored in {out}: `asr transcribe`/`asr evaluate` with this checkpoint now use it (--greedy to not)")
+    if args.out:
+        save_decoding_settings(args.out, result.best)
+        print(f"stored in {args.out}")
     else:
-        print(f"stored in {out}")
+        out = store_tuned_settings(model, result.best)
+        copied = " (the LM and lexicon copied into the folder)" if Path(model).is_dir() else ""
+        print(f"stored in {out}{copied}: `asr transcribe`/`asr evaluate` with this model now use it (--greedy to not)")
     return EXIT_OK
 
 
@@ -440,7 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--beam-threshold", type=float, default=25.0)
     tune.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: cores)")
     tune.add_argument("--emissions-cache", help="keep the acoustic model's outputs here between runs")
-    tune.add_argument("--out", help="settings file (default: CHECKPOINT.decoding.yaml, read by transcribe/evaluate)")
+    tune.add_argument("--out", help="settings file instead of the model's own: by default CHECKPOINT.decoding.yaml, "
+                      "or for a model folder its decoding.yaml, with the LM and lexicon copied into the folder so "
+                      "that it can still move (read by transcribe/evaluate); required for hf:// models")
     tune.add_argument("--device", default="cpu")
     tune.set_defaults(func=cmd_tune_lm)
     return parser
@@ -464,16 +509,22 @@ def prepare_librispeech_argv(argv: list[str]) -> list[str]:
     return ["prepare-librispeech", *argv[2:]]
 
 
+# The commands that run the network (and so consult the thread governor, asr/threads.py).
+NETWORK_COMMANDS = frozenset({"train", "transcribe", "evaluate", "tune-lm", "package", "export"})
+
+
 def main(argv: list[str] | None = None) -> int:
     from asr.errors import AsrError
-    from asr.threads import adjust_threads
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["prepare", "librispeech"]:  # `asr prepare librispeech ...` reads naturally
         argv = prepare_librispeech_argv(argv)
     args = build_parser().parse_args(argv)
     try:
-        adjust_threads()  # ASR_THREADS checked, and the free cores first sampled, before any work
+        if args.command in NETWORK_COMMANDS:
+            from asr.threads import adjust_threads  # imports torch: not for prepare or lm build
+
+            adjust_threads()  # ASR_THREADS checked, and the free cores first sampled, before any work
         return args.func(args)
     except AsrError as err:  # what a user can fix; anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)

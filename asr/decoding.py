@@ -163,15 +163,26 @@ class DecodingSettings:
     lexicon: str | None = None  # lexicon or word list; None = the ARPA's words (or lexicon-free)
     beam: BeamSearchOptions = BeamSearchOptions()  # beam search options
 
-    def describe(self) -> str:
+    def describe(self, relative_to: str | Path | None = None) -> str:
+        """One line for logs and model cards; ``relative_to``: name the LM and lexicon files
+        relative to this folder (a model folder's own files by their names alone)."""
         if self.method == "greedy":
             return "greedy"
+
+        def shown(file: str) -> str:
+            if relative_to is None:
+                return file
+            try:
+                return Path(file).resolve().relative_to(Path(relative_to).resolve()).as_posix()
+            except ValueError:  # outside the folder: its own name is all that helps a reader elsewhere
+                return Path(file).name
+
         b = self.beam
         parts = [f"beam {b.beam_size}"]
         if self.lm:
-            parts.append(f"LM {self.lm} (weight {b.lm_weight:g}, word score {b.word_score:g})")
+            parts.append(f"LM {shown(self.lm)} (weight {b.lm_weight:g}, word score {b.word_score:g})")
         if self.lexicon:
-            parts.append(f"lexicon {self.lexicon}")
+            parts.append(f"lexicon {shown(self.lexicon)}")
         elif not self.lm or self.uses_char_lm():
             parts.append("lexicon-free")
         return ", ".join(parts)
@@ -186,9 +197,8 @@ class DecodingSettings:
 
 
 def save_decoding_settings(path: str | Path, settings: DecodingSettings) -> None:
-    from asr.config import to_dict
-
     from asr.atomic import atomic_write
+    from asr.config import to_dict
 
     with atomic_write(path) as out:
         out.write(yaml.safe_dump(to_dict(settings), sort_keys=False))

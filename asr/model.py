@@ -69,11 +69,7 @@ class ConvSubsampler(nn.Module):
     def __init__(self, input_dim: int, factor: int, channels: int, num_blocks: int) -> None:
         super().__init__()
         strides = prime_factors(factor)
-        if not strides or len(strides) > num_blocks:
-            raise ValueError(
-                f"conv subsampling by {factor} needs {len(strides) or 1} to {num_blocks} strided blocks;"
-                f" raise model.conv_layers (now {num_blocks}) or use a factor >= 2"
-            )
+        assert 1 <= len(strides) <= num_blocks, "ModelConfig checks the factor against model.conv_layers"
         self.time_strides = [1] * (num_blocks - len(strides)) + strides
         blocks = []
         in_channels = 1

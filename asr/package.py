@@ -18,7 +18,6 @@ through the checkpoint upgrade steps, so every later asr loads it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -29,13 +28,14 @@ from typing import Any
 import yaml
 
 from asr import __version__
-from asr.atomic import atomic_folder
+from asr.atomic import atomic_folder, atomic_path, json_safe
 from asr.checkpoint import (
-    CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     Checkpoint,
     CheckpointError,
+    apply_upgrades,
     checkpoint_from_payload,
+    payload_from_parts,
     read_checkpoint,
     upgrade_payload,
 )
@@ -128,6 +128,32 @@ def weights_file(model: str | Path) -> Path:
     return path / WEIGHTS_FILE if path.is_dir() else path
 
 
+def tuned_settings_target(model: str | Path) -> Path:
+    """Where ``asr tune-lm`` stores a model's tuned settings (see :func:`store_tuned_settings`);
+    asked before tuning, so that a refusal costs no work."""
+    if is_hub_reference(model):
+        raise HubError(f"{model}: tune-lm does not store settings in the Hugging Face cache (a later download "
+                       "would silently replace them): give --out FILE, or download the folder (huggingface-cli "
+                       "download ORG/NAME --local-dir DIR) and tune that")
+    return tuned_settings_file(model)
+
+
+def store_tuned_settings(model: str | Path, settings) -> Path:
+    """Save tuned decoding settings where transcribe/evaluate look for them; returns the file.
+
+    Beside a checkpoint: CKPT.decoding.yaml naming the LM and lexicon by absolute path. In a
+    model folder: its decoding.yaml, with the LM and lexicon copied into the folder and named
+    relative to it, so the folder can still move or be shared. Never into an hf:// cache.
+    """
+    from asr.decoding import save_decoding_settings
+
+    target = tuned_settings_target(model)
+    if Path(model).is_dir():
+        settings = _copy_decoding_files(settings, target, Path(model))
+    save_decoding_settings(target, settings)
+    return target
+
+
 def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; {path.parent} is not a complete asr model folder ({what})")
@@ -135,18 +161,6 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: not readable JSON ({err})") from err
-
-
-def _upgrade_folder_config(meta: dict[str, Any], path: Path) -> dict[str, Any]:
-    version = meta.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FOLDER_VERSION:
-        raise CheckpointError(f"{path}: model folder format version {version} (written by asr "
-                              f"{meta.get('asr_version', '?')}) is not supported by this asr {__version__}, "
-                              f"which reads versions 1 to {FOLDER_VERSION}")
-    while version < FOLDER_VERSION:
-        meta = {**FOLDER_UPGRADES[version](meta), "format_version": version + 1}
-        version += 1
-    return meta
 
 
 def read_model_folder(folder: str | Path) -> Checkpoint:
@@ -159,7 +173,7 @@ def read_model_folder(folder: str | Path) -> Checkpoint:
     meta = _read_json(config_path, "the model's settings")
     if not isinstance(meta, dict) or meta.get("format") != FOLDER_FORMAT:
         raise CheckpointError(f"{config_path}: not an asr model folder's config (format is not {FOLDER_FORMAT!r})")
-    meta = _upgrade_folder_config(meta, config_path)
+    meta = apply_upgrades(meta, "format_version", FOLDER_VERSION, FOLDER_UPGRADES, f"{config_path}: model folder format")
     try:
         from_dict(ExperimentConfig, meta["config"], where=str(config_path))
         layout_version = int(meta["checkpoint_version"])
@@ -180,17 +194,14 @@ def read_model_folder(folder: str | Path) -> Checkpoint:
     if missing:
         raise CheckpointError(f"{weights_path}: lacks tensor(s) {', '.join(missing)}")
     # The checkpoint layout of the version the folder was written with, then its upgrade steps.
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": layout_version,
-        "asr_version": meta.get("asr_version", "?"),
+    payload = payload_from_parts(layout_version, meta.get("asr_version", "?"), {
         "config": meta["config"],
         "vocabulary": vocabulary,
         "normalizer": {"mean": tensors["normalizer.mean"], "std": tensors["normalizer.std"]},
         "model": {name[len("model."):]: value for name, value in tensors.items() if name.startswith("model.")},
         "metrics": meta.get("metrics") or {},
         "train_audio": meta.get("train_audio"),
-    }
+    })
     return checkpoint_from_payload(upgrade_payload(payload, weights_path), weights_path)
 
 
@@ -216,17 +227,6 @@ class PackageReport:
     sample_text: str | None  # the model's transcript of the sample, if one was given
 
 
-def _json_safe(value: Any) -> Any:
-    """JSON has no NaN or infinity (strict parsers reject them): such numbers become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _copy_decoding_files(settings, source_file: Path, folder: Path):
     """Copy the LM and lexicon the tuned settings name into ``folder``; settings with relative paths."""
     from asr.decoding import DecodingSettings
@@ -242,10 +242,15 @@ def _copy_decoding_files(settings, source_file: Path, folder: Path):
         source = Path(original)
         if not source.is_file():
             raise PackageError(f"{source_file}: names {field_name} {source}, which does not exist")
+        if source.resolve().parent == folder.resolve():  # already in the folder (tuned again with it)
+            renamed[field_name] = source.name
+            taken.add(source.name)
+            continue
         name = source.name if source.name not in taken | {CONFIG_FILE, VOCABULARY_FILE, WEIGHTS_FILE,
                                                             DECODING_FILE, CARD_FILE} else f"{field_name}-{source.name}"
         taken.add(name)
-        shutil.copyfile(source, folder / name)
+        with atomic_path(folder / name) as tmp:  # a model folder in use never holds half an LM
+            shutil.copyfile(source, tmp)
         renamed[field_name] = name
     return replace(settings, **renamed)
 
@@ -282,6 +287,7 @@ def package_model(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise PackageError(f"{out_dir} already exists; give a new folder (or remove it first)")
+    checkpoint = resolve_model(checkpoint)  # once: an hf:// reference would be looked up at every use
     saved = read_model(checkpoint)
     if sample is not None:
         from asr.audio import audio_duration
@@ -310,14 +316,10 @@ def package_model(
             "checkpoint_version": CHECKPOINT_VERSION,  # the layout of the fields below
             "config": to_dict(saved.config),
             "metrics": saved.metrics,
-            "train_audio": None if saved.train_audio is None else {
-                "max_seconds": saved.train_audio.max_seconds,
-                "mean_seconds": saved.train_audio.mean_seconds,
-                "utterances": saved.train_audio.utterances,
-            },
+            "train_audio": None if saved.train_audio is None else saved.train_audio.to_dict(),
             "files": files,
         }
-        (tmp / CONFIG_FILE).write_text(json.dumps(_json_safe(meta), indent=2, ensure_ascii=False) + "\n",
+        (tmp / CONFIG_FILE).write_text(json.dumps(json_safe(meta), indent=2, ensure_ascii=False) + "\n",
                                        encoding="utf-8")
         results, decoding, sample_text = _measure(tmp, evaluations or {}, files["sample"])
         card = model_card(saved, name or out_dir.name, license, datasets, results, decoding, files, sample_text)
@@ -352,7 +354,8 @@ def _measure(folder: Path, evaluations: Mapping[str, str | Path], sample: str | 
         if not transcription.ok:
             raise PackageError(f"sample audio: {transcription.error}")
         sample_text = transcription.text
-    return results, recognizer.decoding.describe(), sample_text
+    # File names relative to the folder: it is being built under a temporary name, and moves.
+    return results, recognizer.decoding.describe(relative_to=folder), sample_text
 
 
 def model_card(saved: Checkpoint, name: str, license: str, datasets: Sequence[str],
@@ -393,7 +396,7 @@ def model_card(saved: Checkpoint, name: str, license: str, datasets: Sequence[st
     ]
     if saved.train_audio is not None:
         audio = saved.train_audio
-        lines.append(f"- Trained on {audio.utterances} utterances of up to {audio.max_seconds:.1f} s "
+        lines.append(f"- Trained on {audio.utterances} utterances, in inputs of up to {audio.max_seconds:.1f} s "
                      f"(mean {audio.mean_seconds:.1f} s); longer audio is cut into windows")
     lines.append(f"- Decoding: {decoding}" + (f" (settings in {DECODING_FILE})" if files.get("decoding") else ""))
     if evaluations:

@@ -26,9 +26,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.atomic import atomic_write, remove_stale_temporaries
-from asr.checkpoint import (CheckpointError, build_payload, check_resumable, checkpoint_from_payload, load_checkpoint,
-                            save_checkpoint, train_audio_of)
+from asr.atomic import atomic_write, json_safe, remove_stale_temporaries
+from asr.checkpoint import (
+    CheckpointError,
+    build_payload,
+    check_resumable,
+    read_checkpoint,
+    save_checkpoint,
+    train_audio_of,
+)
 from asr.config import ConfigError, ExperimentConfig, load_config, to_dict
 from asr.data import (
     Batch,
@@ -325,11 +331,6 @@ def validate(
     }
 
 
-def json_safe(record: dict[str, Any]) -> dict[str, Any]:
-    """Non-finite floats become None (null): strict JSON parsers reject NaN and Infinity."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-
-
 def write_metrics(path: Path, records: Sequence[dict[str, Any]]) -> None:
     """metrics.jsonl holding exactly ``records``, one strict-JSON line each (replaced atomically).
 
@@ -525,13 +526,13 @@ def build_run(config: ExperimentConfig) -> Run:
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
 
     last_path = out_dir / "last.pt"
-    if dist_info.is_main:
-        for stale in remove_stale_temporaries(out_dir):  # checkpoints, phones.json, ... of killed runs
-            say(f"removed {stale}, left by a write interrupted before this run")
     if last_path.exists():
         resume(last_path, config, frontend, model, optimizer, scheduler, scaler, device, state, say)
     elif dist_info.is_main:
         estimate_normalizer(frontend, train_set, config, device)
+    if dist_info.is_main:  # after resume() accepted out_dir: a refused run leaves another run's files alone
+        for stale in remove_stale_temporaries(out_dir):  # checkpoints, phones.json, ... of killed runs
+            say(f"removed {stale}, left by a write interrupted before this run")
     if dist_info.is_main:  # drop the records of work a kill undid: it is about to be redone
         write_metrics(out_dir / "metrics.jsonl", state.history)
     step_model: torch.nn.Module = model
@@ -568,11 +569,11 @@ def training_phone_labels(
 
 def resume(path, config, frontend, model, optimizer, scheduler, scaler, device, state: TrainState, say=log) -> None:
     """Load last.pt into the model, optimiser, schedule, RNGs and ``state`` (in place: the schedule reads it)."""
-    payload = load_checkpoint(path, map_location=device)
-    check_resumable(path, payload["config"], config)  # before the state dict's size mismatch would
-    if payload["config"] != to_dict(config):
+    saved = read_checkpoint(path, map_location=device)
+    saved_config = to_dict(saved.config)
+    check_resumable(path, saved_config, config)  # before the state dict's size mismatch would
+    if saved_config != to_dict(config):
         say(f"note: {path} was written with different training settings; resuming with the new ones")
-    saved = checkpoint_from_payload(payload, path)
     if saved.train_state is None:
         raise CheckpointError(f"{path} holds no training state (a copy of best.pt?); it cannot be resumed: "
                               "remove it to train from scratch, or choose a new train.out_dir")
@@ -668,6 +669,8 @@ def end_of_epoch(run: Run, stats: EpochStats) -> None:
             "audio_seconds_per_second": stats.audio_seconds_per_second,
             "data_wait_fraction": stats.data_wait_fraction,
         }
+        if state.batch_in_epoch:  # stopped inside an epoch: its record will come again, complete, on resume
+            metrics.update(partial=True, batch_in_epoch=state.batch_in_epoch)
         final = stats.stopped or state.epoch >= config.train.epochs
         if run.valid_loader is not None and (final or state.epoch % config.train.valid_every_epochs == 0):
             metrics.update(validate(run.valid_loader, run.frontend, run.model, GreedyDecoder(run.vocabulary),
@@ -773,27 +776,26 @@ def train(config: ExperimentConfig) -> TrainState:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_payload(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_payload(run: Run, metrics: dict[str, Any], train_state: dict[str, Any] | None = None) -> dict[str, Any]:
     """What transcription needs: config, vocabulary, normalisation, weights (+ metrics and
-    the training utterances' durations, which bound the windows long audio is cut into)."""
-    training_durations = [u.duration for u in run.train_loader.dataset.utterances]
+    the training inputs' durations, which bound the windows long audio is cut into), and
+    ``train_state`` for last.pt."""
+    items = run.train_loader.dataset.utterances
+    train_audio = train_audio_of([item.duration for item in items], sum(len(parts_of(item)) for item in items))
     return build_payload(run.config, run.vocabulary, run.frontend.normalizer.mean, run.frontend.normalizer.std,
-                         run.model.state_dict(), metrics, train_audio_of(training_durations))
+                         run.model.state_dict(), metrics, train_audio, train_state)
 
 
 def save_last(run: Run, metrics: dict[str, Any]) -> None:
     """last.pt: the model plus everything an exact resume needs."""
     run.state.train_seconds = run.train_seconds()
-    save_checkpoint(run.out_dir / "last.pt", {
-        **checkpoint_payload(run, metrics),
-        "train_state": {
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict(),
-            "position": dict(vars(run.state)),
-            "rng": rng_states(),
-        },
-    })
+    save_checkpoint(run.out_dir / "last.pt", checkpoint_payload(run, metrics, train_state={
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "position": dict(vars(run.state)),
+        "rng": rng_states(),
+    }))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
 
 Consecutive utterances (manifest order) are joined with ``--gap`` seconds of silence into
 files of ``group size`` utterances (0 = all of them in one file), transcribed through the
-same path as ``asr transcribe`` and scored against the joined references. Group size 1 is
+same path as ``asr evaluate`` and scored against the joined references. Group size 1 is
 the utterances one by one; the difference to it is what long audio costs. ``--window-seconds``
 overrides the window the model cuts long files into (default: what the checkpoint chose).
 Prints a Markdown table.
@@ -13,6 +13,7 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -22,20 +23,8 @@ import soundfile
 
 import asr
 from asr.audio import load_audio
-from asr.metrics import error_counts
-from asr.text import normalize_text
-
-
-def read_pairs(manifest: str) -> list[tuple[str, str]]:
-    import json
-
-    pairs = []
-    with open(manifest, encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                record = json.loads(line)
-                pairs.append((record["audio"], normalize_text(record["text"])))
-    return pairs
+from asr.evaluate import evaluate_manifest
+from asr.manifest import read_manifest_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,33 +40,37 @@ def main(argv: list[str] | None = None) -> int:
     model = asr.load_model(args.checkpoint)
     if args.window_seconds:
         model.window_seconds = args.window_seconds
-    pairs = read_pairs(args.manifest)[: args.limit or None]
+    reading = read_manifest_lines(args.manifest)
+    for problem in reading.problems:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    utterances = reading.utterances[: args.limit or None]
     rate = model.sample_rate
-    waveforms = [load_audio(path, rate) for path, _ in pairs]
+    waveforms = [load_audio(u.audio, rate) for u in utterances]
     gap = np.zeros(int(args.gap * rate), dtype=np.float32)
-    print(f"{args.checkpoint}: window {model.window_seconds:.1f} s, {len(pairs)} utterances of {args.manifest}")
+    print(f"{args.checkpoint}: window {model.window_seconds:.1f} s, {len(utterances)} utterances of {args.manifest}")
     print("| utterances per file | files | mean file s | WER % | CER % |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for size in [int(s) for s in args.group_sizes.split(",")]:
-            size = size or len(pairs)
-            files, references, seconds = [], [], []
-            for first in range(0, len(pairs), size):
-                joined = np.concatenate([part for w in waveforms[first : first + size] for part in (w, gap)])
-                path = Path(tmp) / f"g{size}-{first}.flac"
-                soundfile.write(path, joined, rate)
-                files.append(str(path))
-                references.append(" ".join(text for _, text in pairs[first : first + size]))
-                seconds.append(len(joined) / rate)
-            results = model.transcribe(files)
-            failed = [r for r in results if not r.ok]
-            if failed:
-                print(f"error: {failed[0].path}: {failed[0].error}", file=sys.stderr)
+            size = size or len(utterances)
+            manifest = Path(tmp) / f"joined-{size}.jsonl"
+            seconds = []
+            with open(manifest, "w", encoding="utf-8") as out:
+                for first in range(0, len(utterances), size):
+                    group = utterances[first : first + size]
+                    joined = np.concatenate([part for w in waveforms[first : first + size] for part in (w, gap)])
+                    path = Path(tmp) / f"{size}-{first}.flac"
+                    soundfile.write(path, joined, rate)
+                    seconds.append(len(joined) / rate)
+                    record = {"id": f"{size}-{first}", "audio": str(path), "text": " ".join(u.text for u in group),
+                              "duration": seconds[-1]}
+                    out.write(json.dumps(record) + "\n")
+            report = evaluate_manifest(model, manifest)  # the same path as `asr evaluate`
+            if not report.complete:
+                print(f"error: not every joined file was scored: {report.format(worst=0)}", file=sys.stderr)
                 return 1
-            hypotheses = [r.text for r in results]
-            words, chars = error_counts(references, hypotheses, "word"), error_counts(references, hypotheses, "char")
-            print(f"| {size} | {len(files)} | {np.mean(seconds):.1f} | {100 * words.rate:.2f} | {100 * chars.rate:.2f} |",
-                  flush=True)
+            print(f"| {size} | {len(seconds)} | {np.mean(seconds):.1f} | {100 * report.words.rate:.2f} | "
+                  f"{100 * report.chars.rate:.2f} |", flush=True)
     return 0
 
 

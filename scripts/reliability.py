@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from conftest import OVERFIT_TEXTS, SAMPLE_RATE, tiny_config, tone_audio, write_tone_corpus
 
+from asr.atomic import atomic_write
 from asr.config import to_dict
 from asr.data import write_manifest
 
@@ -192,7 +193,8 @@ def metrics_problems(out_dir: Path) -> list[str]:
         except ValueError as err:
             problems.append(f"metrics.jsonl:{number} is not strict JSON ({err})")
             continue
-        epochs.append(record.get("epoch"))
+        if not record.get("partial"):  # a run stopped inside an epoch logs it again, complete, on resume
+            epochs.append(record.get("epoch"))
     if len(epochs) != len(set(epochs)):
         problems.append(f"metrics.jsonl repeats epochs: {epochs}")
     return problems
@@ -1054,9 +1056,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## {key}\n\n{sections[key]}")
     out = Path(args.out)
     text = merge_report(out, sections)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    with atomic_write(out) as written:
+        written.write(text)
     print(f"\nwritten to {out}", file=sys.stderr)
     return 0
 

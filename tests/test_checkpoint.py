@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import asr
 from asr.atomic import atomic_write, remove_stale_temporaries, stale_temporaries
 from asr.checkpoint import (
     CHECKPOINT_VERSION,
@@ -180,7 +181,30 @@ def test_resuming_into_a_run_of_another_model_is_refused(trained_checkpoint, ton
     message = str(caught.value)
     assert str(tmp_path / "last.pt") in message and "model.hidden_size: 48 -> 32" in message
     assert "train.out_dir" in message
-    assert not any(p.exists() for p in leftovers)  # cleared at the start of training
+    assert all(p.exists() for p in leftovers)  # a refused run deletes nothing of that (other run's) out_dir
+    train(tiny_config(tmp_path, tone_corpus, train={"epochs": 2}))  # the run it holds: resumed, already done
+    assert not any(p.exists() for p in leftovers)  # cleared once the resume is accepted
+
+
+def test_atomic_folder_never_replaces_a_folder_created_meanwhile(tmp_path):
+    from asr.atomic import atomic_folder
+
+    target = tmp_path / "model"
+    with pytest.raises(FileExistsError, match="already exists"), atomic_folder(target) as building:
+        (building / "weights").write_text("new")
+        target.mkdir()  # another process made it, empty: rename() alone would silently replace it
+        (target.parent / "marker").touch()
+    assert target.is_dir() and list(target.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["marker", "model"]  # the temporary folder is gone
+
+
+def test_train_audio_round_trips_through_its_dict():
+    from asr.checkpoint import TrainAudio, train_audio_of
+
+    audio = train_audio_of([2.0, 4.0], utterances=5)  # two inputs, one of them four joined utterances
+    assert audio == TrainAudio(4.0, 3.0, 5)
+    assert TrainAudio.from_dict(audio.to_dict()) == audio and TrainAudio.from_dict(None) is None
+    assert train_audio_of([2.0, 4.0]).utterances == 2
 
 
 def test_resume_mismatch_ignores_training_only_keys():
@@ -209,7 +233,7 @@ def test_int8_matches_fp32(tmp_path, cell, rnn_input):
     torch.manual_seed(1)
     waveforms = [0.1 * torch.randn(16_000), 0.1 * torch.randn(9_000)]  # unequal lengths: padding matters
     reference, lengths = load_model(path).emissions(waveforms)
-    quantized = load_model(path, precision="int8")
+    quantized = asr.load_model(path, precision="int8")  # the package-level entry point passes it on
     log_probs, int8_lengths = quantized.emissions(waveforms)
     layer = quantized.model.layers[0].forward_rnn
     assert type(layer).__module__.startswith("torch.ao.nn.quantized.dynamic")  # really int8

@@ -62,6 +62,37 @@ def test_evaluate_prints_counts_and_writes_report(trained_checkpoint, tone_corpu
     assert all(r["word"]["length"] == len(r["reference"].split()) for r in per_utterance)
 
 
+def test_evaluate_checks_its_output_files_before_evaluating(trained_checkpoint, tone_corpus, tmp_path, capsys,
+                                                            monkeypatch):
+    import asr.evaluate
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("evaluated although the output cannot be written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(asr.evaluate, "evaluate_manifest", not_reached)
+        assert main(["evaluate", str(trained_checkpoint), str(tone_corpus["valid"]), "--report", str(tmp_path)]) == 2
+        assert f"--report {tmp_path} is a folder" in capsys.readouterr().err
+        (tmp_path / "a-file").write_text("")
+        beneath_a_file = tmp_path / "a-file" / "utts.jsonl"
+        assert main(["evaluate", str(trained_checkpoint), str(tone_corpus["valid"]), "--utterances",
+                     str(beneath_a_file)]) == 2
+        assert f"{tmp_path / 'a-file'} is not a folder" in capsys.readouterr().err
+    # A write that fails anyway (disk full, permissions changed meanwhile): the report is printed, exit 1.
+    import asr.cli
+
+    def disk_full(path, report):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(asr.cli, "write_utterance_scores", disk_full)
+    report = tmp_path / "new-folder" / "report.txt"  # missing folders are fine: they are created
+    code = main(["evaluate", str(trained_checkpoint), str(tone_corpus["valid"]), "--utterances",
+                 str(tmp_path / "utts.jsonl"), "--report", str(report), "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == 1 and "WER" in captured.out and "WER" in report.read_text()
+    assert f"error: cannot write per-utterance scores to {tmp_path / 'utts.jsonl'}" in captured.err
+
+
 def test_bad_checkpoint_and_config_give_clear_errors(tmp_path, capsys):
     (tmp_path / "x.pt").write_bytes(b"junk")
     assert main(["transcribe", str(tmp_path / "x.pt"), "a.wav"]) == 2

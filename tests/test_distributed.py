@@ -46,7 +46,9 @@ def test_two_process_ddp_trains_and_resumes_with_another_world_size(tone_corpus,
     final = load_checkpoint(out / "last.pt")["train_state"]["position"]
     assert final["epoch"] == 3
     lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert [m["epoch"] for m in lines] == [1, 1, 2, 3]  # rank 0 alone logs: one line per validation
+    # Rank 0 alone logs: one line per validation; the stop inside epoch 2 is marked partial.
+    assert [(m["epoch"], m.get("partial", False)) for m in lines] == [(1, False), (1, True), (2, False), (3, False)]
+    assert lines[1]["batch_in_epoch"] == 2
     assert (out / "best.pt").exists()
 
 

@@ -92,8 +92,8 @@ def test_fused_packed_layer_matches_padded_in_outputs_and_gradients(cell):
 def test_conv_subsampling_puts_time_strides_in_the_last_blocks():
     model = AcousticModel(ModelConfig(subsampling="conv", subsampling_factor=3, conv_layers=2), 80, 29)
     assert model.subsampler.time_strides == [1, 3]
-    with pytest.raises(ValueError, match="conv_layers"):
-        AcousticModel(ModelConfig(subsampling="conv", subsampling_factor=12, conv_layers=2), 80, 29)
+    with pytest.raises(ValueError, match="conv_layers"):  # refused by the config (ConfigError), before any model
+        ModelConfig(subsampling="conv", subsampling_factor=12, conv_layers=2)
 
 
 def test_weight_dropout_drops_recurrent_weights_in_training_only():

@@ -92,6 +92,14 @@ def test_folder_holds_settings_lm_card_and_sample(packaged, tone_corpus):
     assert f"> {packaged['report'].sample_text}" in card
 
 
+def test_card_and_report_name_the_folders_files_not_the_build_folder(packaged, capsys):
+    card = (packaged["folder"] / "README.md").read_text()
+    assert "LM words.arpa (weight 0.5" in card and "LM words.arpa" in packaged["report"].decoding
+    for text in (card, packaged["report"].decoding):
+        assert ".tmp" not in text and str(packaged["folder"].parent) not in text
+        assert not any(word.startswith("/") for word in text.split())  # no absolute path at all
+
+
 def test_card_evaluation_equals_asr_evaluate(packaged, tone_corpus, capsys):
     assert main(["evaluate", str(packaged["folder"]), str(tone_corpus["valid"]), "--workers", "1"]) == 0
     captured = capsys.readouterr()
@@ -195,11 +203,37 @@ def test_tune_lm_accepts_a_folder(tmp_path, tone_corpus, capsys):
     folder = copy_fixture_folder(tmp_path)
     assert weights_file(folder) == folder / "model.safetensors"
     arpa = write_arpa(tmp_path / "lm.arpa", {"bad": -1.0, "cab": -1.0}, {"bad cab": -0.3})
-    assert main(["tune-lm", str(folder), str(tone_corpus["valid"]), "--lm", arpa, "--lm-weights", "0.5",
-                 "--word-scores=0", "--beam", "4", "--workers", "1"]) == 0
-    assert load_decoding_settings(folder / DECODING_FILE).lm == str(Path(arpa).resolve())
-    assert main(["evaluate", str(folder), str(tone_corpus["valid"]), "--workers", "1"]) == 0
-    assert f"using tuned decoding settings from {folder / DECODING_FILE}" in capsys.readouterr().err
+    tune = ["--lm", arpa, "--lm-weights", "0.5", "--word-scores=0", "--beam", "4", "--workers", "1"]
+    assert main(["tune-lm", str(folder), str(tone_corpus["valid"]), *tune]) == 0
+    # The LM is copied into the folder and named relative to it: the folder can still move.
+    assert yaml.safe_load((folder / DECODING_FILE).read_text())["lm"] == "lm.arpa"
+    assert (folder / "lm.arpa").read_text() == Path(arpa).read_text()
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    Path(arpa).unlink()
+    assert load_decoding_settings(moved / DECODING_FILE).lm == str(moved / "lm.arpa")
+    assert main(["evaluate", str(moved), str(tone_corpus["valid"]), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"using tuned decoding settings from {moved / DECODING_FILE}" in err and "decoding: beam 4, LM" in err
+    # Tuned again with the folder's own copy: nothing to copy, the name stays.
+    assert main(["tune-lm", str(moved), str(tone_corpus["valid"]), *tune[:1], str(moved / "lm.arpa"), *tune[2:]]) == 0
+    assert yaml.safe_load((moved / DECODING_FILE).read_text())["lm"] == "lm.arpa"
+
+
+def test_tune_lm_refuses_to_write_into_the_hub_cache(tmp_path, tone_corpus, monkeypatch, capsys):
+    import huggingface_hub
+
+    cache = copy_fixture_folder(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: str(cache))
+    arpa = write_arpa(tmp_path / "lm.arpa", {"bad": -1.0, "cab": -1.0}, {"bad cab": -0.3})
+    tune = [str(tone_corpus["valid"]), "--lm", arpa, "--lm-weights", "0.5", "--word-scores=0", "--beam", "4",
+            "--workers", "1"]
+    assert main(["tune-lm", "hf://someone/tiny", *tune]) == 2
+    assert "give --out FILE" in capsys.readouterr().err
+    assert not (cache / DECODING_FILE).exists()
+    assert main(["tune-lm", "hf://someone/tiny", *tune, "--out", str(tmp_path / "tuned.yaml")]) == 0
+    assert load_decoding_settings(tmp_path / "tuned.yaml").lm == str(Path(arpa).resolve())
+    assert not (cache / DECODING_FILE).exists()
 
 
 # --------------------------------------------------------------------------- the Hub, without network
@@ -224,6 +258,17 @@ def test_hub_reference_downloads_a_snapshot(tmp_path, monkeypatch):
     load_model("hf://someone/tiny")
     assert calls[-1] == ("someone/tiny", None, True)  # offline: the local cache only
     assert tuned_settings_file("hf://someone/tiny") == folder / DECODING_FILE
+
+
+def test_cli_looks_a_hub_model_up_once(tmp_path, tone_corpus, monkeypatch, capsys):
+    import huggingface_hub
+
+    folder = copy_fixture_folder(tmp_path)
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: calls.append(repo_id) or str(folder))
+    audio = min(tone_corpus["root"].glob("valid/*.flac"))
+    assert main(["transcribe", "hf://someone/tiny", str(audio)]) == 0
+    assert calls == ["someone/tiny"]  # not again for the tuned settings' file (each lookup may go online)
 
 
 def test_hub_errors_are_clear(tmp_path, monkeypatch):
@@ -278,14 +323,17 @@ def test_fixtures_exist_for_the_current_versions():
     from asr.checkpoint import CHECKPOINT_VERSION
 
     names = {p.name for p in fixture_models()}
-    assert "tiny-v1.pt" in names and f"tiny-folder-v{FOLDER_VERSION}" in names
+    assert {"tiny-v1.pt", f"tiny-v{CHECKPOINT_VERSION}.pt", f"tiny-folder-v{FOLDER_VERSION}"} <= names
+    assert torch.load(FIXTURES / f"tiny-v{CHECKPOINT_VERSION}.pt", weights_only=True)["version"] == CHECKPOINT_VERSION
     assert CHECKPOINT_VERSION >= 2  # tiny-v1.pt goes through at least one upgrade step
 
 
 @pytest.mark.parametrize("model", fixture_models(), ids=lambda p: p.name)
 def test_fixtures_load_and_transcribe(model, tmp_path):
-    expected = torch.tensor(json.loads((FIXTURES / "expected.json").read_text())["log_probs"])
+    recorded = json.loads((FIXTURES / "expected.json").read_text())
+    expected = torch.tensor(recorded["log_probs"])
     recognizer = load_model(model)
+    assert recognizer.max_train_seconds == recorded["max_train_seconds"].get(model.name)  # None before version 2
     log_probs, lengths = recognizer.emissions([probe_waveform()])
     assert torch.allclose(log_probs[0, : lengths[0]], expected, atol=1e-3)
     audio = tmp_path / "probe.flac"

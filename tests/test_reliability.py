@@ -164,6 +164,24 @@ def test_cli_reports_a_bad_asr_threads_as_an_error(monkeypatch, capsys, tmp_path
     assert "error: ASR_THREADS='-3'" in capsys.readouterr().err
 
 
+def test_commands_without_the_network_ignore_asr_threads(monkeypatch, capsys, tmp_path):
+    import subprocess
+
+    from asr.cli import main
+
+    monkeypatch.setattr(threads, "_governor", None)
+    monkeypatch.setenv("ASR_THREADS", "-3")
+    (tmp_path / "empty").mkdir()
+    assert main(["prepare", str(tmp_path / "empty"), str(tmp_path / "m.jsonl")]) == 1  # its own error, not ASR_THREADS
+    assert "ASR_THREADS" not in capsys.readouterr().err
+    # `asr lm build` does not even import torch (here it fails later, for want of KenLM or of the text).
+    probe = ("import sys; from asr.cli import main; main(['lm', 'build', 'missing.txt', 'out.arpa']); "
+             "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
+    assert "ASR_THREADS" not in result.stderr
+
+
 def test_a_fixed_train_threads_is_never_governed(monkeypatch):
     monkeypatch.setattr(threads, "_governor", None)
     monkeypatch.setattr(threads, "read_sample", lambda allowed: pytest.fail("read /proc despite a fixed count"))

@@ -45,10 +45,12 @@ def audio_paths(manifest):
     return [json.loads(line)["audio"] for line in open(manifest)]
 
 
-def test_resume_reaches_the_same_weights(tone_corpus, tmp_path):
-    # Dropout, SpecAugment and VTLP on, so that restoring the RNG states matters.
+@pytest.mark.parametrize("join_fraction", [0.0, 0.5])
+def test_resume_reaches_the_same_weights(tone_corpus, tmp_path, join_fraction):
+    # Dropout, SpecAugment and VTLP on, so that restoring the RNG states matters; joined
+    # utterances must be the same items again after a resume.
     sections = dict(model={"dropout": 0.2}, specaugment={"enabled": True, "time_width": 5, "warp_factor": 0.1},
-                    train={"epochs": 3}, data={"max_frames_per_batch": 350})
+                    train={"epochs": 3}, data={"max_frames_per_batch": 350, "join_fraction": join_fraction})
     straight = train(tiny_config(tmp_path / "straight", tone_corpus, **sections))
     # Interrupted mid-epoch 2, then the same command again resumes from last.pt.
     interrupted = dict(sections, train={"epochs": 3, "max_steps": straight.step // 3 + 2})
@@ -60,6 +62,13 @@ def test_resume_reaches_the_same_weights(tone_corpus, tmp_path):
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
     for name in a:
         assert torch.equal(a[name], b[name]), name
+    # The record of the epoch cut short says so; the complete records are those of the straight run.
+    records = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert [(m["epoch"], m.get("partial", False)) for m in records] == [(1, False), (1, True), (2, False), (3, False)]
+    assert records[1]["batch_in_epoch"] == first.batch_in_epoch and "batch_in_epoch" not in records[0]
+    assert [m["epoch"] for m in straight.history] == [1, 2, 3] and not any("partial" in m for m in straight.history)
+    # The 8 training utterances, whether or not some were joined into one input.
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["train_audio"]["utterances"] == 8
 
 
 def test_an_unreadable_training_file_is_skipped_not_fatal(tone_corpus, tmp_path):

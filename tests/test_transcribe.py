@@ -128,3 +128,22 @@ def test_window_follows_the_longest_training_utterance(trained_checkpoint):
     assert len(windows) >= 4 and all(w.end - w.start <= 6.0 * SAMPLE_RATE for w in windows)
     recognizer.window_seconds = 1e9  # an explicit setting wins
     assert len(recognizer.plan_windows(samples)) == 1
+
+
+def test_long_audio_script_scores_joined_utterances_like_evaluate(trained_checkpoint, tone_corpus, capsys):
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "scripts" / "long_audio.py"
+    spec = importlib.util.spec_from_file_location("long_audio", script)
+    long_audio = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(long_audio)
+    assert long_audio.main([str(trained_checkpoint), str(tone_corpus["valid"]), "--group-sizes", "1,0",
+                            "--gap", "0"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1:3] for row in rows] == [[" 1 ", " 4 "], [" 4 ", " 1 "]]
+    # One utterance per file with no gap is the manifest itself: the script agrees with evaluate.
+    from asr.evaluate import evaluate_manifest
+    from asr.transcribe import load_model
+
+    report = evaluate_manifest(load_model(trained_checkpoint), tone_corpus["valid"])
+    assert float(rows[0].split("|")[4]) == pytest.approx(100 * report.words.rate, abs=0.01)
