@@ -43,6 +43,9 @@ from tqdm import tqdm
 from asr.errors import AsrError
 
 CHECK_SECONDS = 2.0  # at most one look at /proc per this many seconds (a few tens of microseconds each)
+# The first look spans this long, before the first step: one step with too many threads on a
+# busy CPU can take longer than many steps with the right count.
+FIRST_LOOK_SECONDS = 0.25
 # Load below this many cores is background noise (a shell, a logger), not a competing job ...
 NOISE_CORES = 0.3
 # ... and threads come back only once the load is below this: no flapping around the threshold.
@@ -149,7 +152,9 @@ class ThreadGovernor:
             return current
         previous, self.last_sample = self.last_sample, sample
         if previous is None:
-            return current
+            time.sleep(FIRST_LOOK_SECONDS)
+            previous, sample = sample, read_sample(self.allowed)
+            self.last_sample = sample
         wanted = choose_threads(previous, sample, self.ceiling, current)
         if wanted != current:
             torch.set_num_threads(wanted)

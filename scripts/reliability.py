@@ -851,9 +851,13 @@ def prepare_bad_input(folder: Path) -> tuple[dict[str, Path], Path, list[str]]:
     corpus = make_corpus(folder / "corpus")
     run = folder / "trained"
     if not (run / "best.pt").exists():
-        with contextlib.redirect_stderr(io.StringIO()):
-            torch.set_num_threads(1)
-            train(tiny_config(run, corpus, train={"epochs": 2, "threads": 1}))
+        threads = torch.get_num_threads()
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                torch.set_num_threads(1)
+                train(tiny_config(run, corpus, train={"epochs": 2, "threads": 1}))
+        finally:
+            torch.set_num_threads(threads)  # the load section measures with the machine's own count
     good = [json.loads(line)["audio"] for line in corpus["valid"].read_text().splitlines()[:2]]
     return corpus, run, good
 
@@ -941,6 +945,9 @@ def load_corpus(folder: Path, utterances: int = 48) -> dict[str, Path]:
     return {"root": folder, "train": folder / "train.jsonl", "valid": folder / "valid.jsonl"}
 
 
+CORES = len(os.sched_getaffinity(0))  # the cores this harness may use: what training gets by default
+
+
 def measure_throughput(folder: Path, corpus: dict[str, Path], name: str, threads: str, busy: bool, steps: int,
                        minutes: float, hidden: int) -> tuple[float, str]:
     """Training audio-s/s over ``steps`` steps (or ``minutes``) with ASR_THREADS=``threads``, beside a busy
@@ -961,13 +968,13 @@ def measure_throughput(folder: Path, corpus: dict[str, Path], name: str, threads
             hog.wait()
     lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     changes = re.findall(r"threads: (\d+) -> (\d+)", result.stderr)
-    final = changes[-1][1] if changes else (threads if threads != "auto" else str(torch.get_num_threads()))
+    final = changes[-1][1] if changes else (threads if threads != "auto" else str(CORES))
     return float(lines[-1]["audio_seconds_per_second"]), f"{final} ({len(changes)} change(s))" if changes else final
 
 
 def run_load_section(folder: Path, steps: int, minutes: float, hidden: int) -> dict[str, tuple[float, str]]:
     corpus = load_corpus(folder / "corpus")
-    default = str(torch.get_num_threads())
+    default = str(CORES)
     figures: dict[str, tuple[float, str]] = {}
     for name, threads, busy in (("one thread alone", "1", False), ("governor off, alone", default, False),
                                 ("governor off, beside a busy process", default, True),
@@ -980,7 +987,7 @@ def run_load_section(folder: Path, steps: int, minutes: float, hidden: int) -> d
 
 def load_table(figures: dict[str, tuple[float, str]], steps: int, hidden: int) -> str:
     one = figures["one thread alone"][0]
-    rows = [(f"Training, 3 x {hidden} BiLSTM, up to {steps} steps each, {torch.get_num_threads()} cores "
+    rows = [(f"Training, 3 x {hidden} BiLSTM, up to {steps} steps each, {CORES} cores "
              "(ASR_THREADS=N fixes the count; auto = the governor of asr/threads.py). Target: beside a busy "
              "process, the governor keeps >= 90 % of one thread alone, and alone it loses nothing."), "",
             "| run | audio-s/s | vs one thread alone | threads at the end |", "|---|---|---|---|"]

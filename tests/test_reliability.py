@@ -120,14 +120,26 @@ def fake_readings(monkeypatch, readings: list[CpuSample]) -> None:
 
 def test_governor_rechecks_at_most_every_interval_and_sets_the_count(monkeypatch):
     torch.set_num_threads(2)
-    idle0, idle1 = sample([0, 0], [0, 0], 0), sample([0, 0], [200, 200], 0)
+    monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)
+    idle0, idle1, idle2 = sample([0, 0], [0, 0], 0), sample([0, 0], [25, 25], 0), sample([0, 0], [200, 200], 0)
     busy = sample([200, 400], [200, 0], own=200)  # next 2 s: another process took a core
-    fake_readings(monkeypatch, [idle0, idle1, busy])
+    fake_readings(monkeypatch, [idle0, idle1, idle2, busy])
     governor = ThreadGovernor(ceiling=2, interval=2.0)
-    assert governor.adjust(now=0.0) == 2  # first sample: nothing to compare with yet
+    assert governor.adjust(now=0.0) == 2  # the first look spans a short sleep: idle, both threads
     assert governor.adjust(now=1.0) == 2  # within the interval: no /proc read at all
     assert governor.adjust(now=2.0) == 2  # idle: both threads
     assert governor.adjust(now=4.0) == 1 and torch.get_num_threads() == 1
+
+
+def test_the_first_look_already_sees_a_busy_machine(monkeypatch):
+    # Before the first step: one step with 2 threads beside a busy process took longer than
+    # many with 1 (RELIABILITY.md), so the first call must not wait for a second reading.
+    torch.set_num_threads(2)
+    slept = []
+    monkeypatch.setattr(threads.time, "sleep", slept.append)
+    fake_readings(monkeypatch, [sample([0, 0], [0, 0], 0), sample([25, 25], [0, 0], own=25)])
+    assert ThreadGovernor(ceiling=2, interval=2.0).adjust(now=0.0) == 1 and torch.get_num_threads() == 1
+    assert slept == [threads.FIRST_LOOK_SECONDS]
 
 
 def test_governor_leaves_a_count_chosen_elsewhere_alone(monkeypatch):
