@@ -19,6 +19,7 @@ tests/fixtures holds a checkpoint of every version.
 from __future__ import annotations
 
 import glob
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint not found{hint}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, i.e. running whatever code the file holds: never.
+        raise CheckpointError(f"{path}: not a readable checkpoint: it holds something other than tensors and plain "
+                              "values (a damaged or foreign file, or one carrying code, which asr never runs)") from err
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

@@ -59,6 +59,11 @@ def test_incompatible_or_foreign_files_fail_clearly(tmp_path):
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(garbage)
+    random_bytes = tmp_path / "random.pt"
+    random_bytes.write_bytes(bytes(range(256)) * 4)  # read as a legacy pickle: torch's error advises weights_only=False
+    with pytest.raises(CheckpointError, match="not a readable checkpoint") as refused:
+        load_checkpoint(random_bytes)
+    assert "weights_only" not in str(refused.value)  # never pass on advice to unpickle untrusted code
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.ones(1)}, foreign)
     with pytest.raises(CheckpointError, match="not an asr checkpoint"):
