@@ -7,9 +7,10 @@ __version__ = "0.1.0"
 __all__ = ["AsrError", "__version__", "load_model"]
 
 
-def load_model(path, device="cpu", precision="fp32"):
-    """Load a checkpoint, model folder or ``hf://ORG/NAME`` for transcription; see
+def load_model(path, device="cpu", precision="fp32", decoding=None, workers=1):
+    """Load a checkpoint, model folder or ``hf://ORG/NAME`` for transcription, decoding with
+    the settings ``asr tune-lm`` stored for it unless ``decoding`` says otherwise; see
     :func:`asr.transcribe.load_model`."""
     from asr.transcribe import load_model as _load_model  # torch loads only when a model does
 
-    return _load_model(path, device=device, precision=precision)
+    return _load_model(path, device=device, precision=precision, decoding=decoding, workers=workers)

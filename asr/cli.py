@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
@@ -126,26 +127,18 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
                         help="acoustic model arithmetic: bf16 autocast, or int8 dynamic quantisation (CPU)")
 
 
-def tuned_settings_path(checkpoint: str) -> Path:
-    """CKPT.decoding.yaml beside a checkpoint, or decoding.yaml inside a model folder."""
-    from asr.package import tuned_settings_file
-
-    return tuned_settings_file(checkpoint)
-
-
 def decoding_settings(args: argparse.Namespace, model: str | Path | None = None):
     """Greedy, the tuned settings beside the checkpoint, or beam search from the flags
     (``model``: the checkpoint already resolved to a local file or folder)."""
     from dataclasses import replace
 
-    from asr.decoding import DecodingSettings, load_decoding_settings
+    from asr.decoding import DecodingSettings
+    from asr.transcribe import tuned_decoding
 
     if args.greedy:
         return DecodingSettings()
-    settings = DecodingSettings()
-    tuned = tuned_settings_path(args.checkpoint if model is None else model)
-    if tuned.is_file():
-        settings = load_decoding_settings(tuned)
+    settings, tuned = tuned_decoding(args.checkpoint if model is None else model)  # the library's rule
+    if tuned:
         print(f"using tuned decoding settings from {tuned}", file=sys.stderr)
     overrides = {name: value for name, value in (("beam_size", args.beam), ("lm_weight", args.lm_weight),
                  ("word_score", args.word_score), ("beam_threshold", args.beam_threshold)) if value is not None}
@@ -159,14 +152,15 @@ def decoding_settings(args: argparse.Namespace, model: str | Path | None = None)
 
 def load_recognizer(args: argparse.Namespace):
     from asr.package import resolve_model
-    from asr.transcribe import load_model
+    from asr.transcribe import DecodingFallbackWarning, load_model
 
     model = resolve_model(args.checkpoint)  # once: hf:// is looked up in the Hub cache (or online)
-    recognizer = load_model(model, device=args.device, precision=args.precision)
-    settings = decoding_settings(args, model)
-    problem = recognizer.use_decoding(settings, workers=args.workers)
-    if problem:
-        print(f"warning: {problem}", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecodingFallbackWarning)  # reported below, as one line
+        recognizer = load_model(model, device=args.device, precision=args.precision,
+                                decoding=decoding_settings(args, model), workers=args.workers)
+    if recognizer.decoding_problem:
+        print(f"warning: {recognizer.decoding_problem}", file=sys.stderr)
     print(f"decoding: {recognizer.decoding.describe()}", file=sys.stderr)
     return recognizer
 
@@ -314,7 +308,7 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
         raise ManifestError(f"{args.manifest}: no utterance to tune on")
     utterances = reading.utterances
     model = resolve_model(args.checkpoint)  # once: hf:// is looked up in the Hub cache (or online)
-    recognizer = load_model(model, device=args.device)
+    recognizer = load_model(model, device=args.device, decoding=DecodingSettings())  # emissions only
     identity = fingerprint(model, utterances, recognizer.window_seconds)
     emissions = load_emissions(args.emissions_cache, identity) if args.emissions_cache else None
     if emissions is None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from asr.atomic import atomic_path
 from asr.config import to_dict
+from asr.decoding import DecodingSettings
 from asr.transcribe import SpeechRecognizer, load_model
 
 
@@ -45,7 +46,7 @@ def _metadata(recognizer: SpeechRecognizer) -> dict[str, str]:
 
 
 def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
-    recognizer = load_model(checkpoint)
+    recognizer = load_model(checkpoint, decoding=DecodingSettings())  # the network alone: no LM to load
     module = WaveformToLogProbs(recognizer).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # sizes are traced symbolically (tested)
@@ -59,7 +60,7 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
     import onnx
 
-    recognizer = load_model(checkpoint)
+    recognizer = load_model(checkpoint, decoding=DecodingSettings())
     module = WaveformToLogProbs(recognizer).eval()
     out = Path(out)
     with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():

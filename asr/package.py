@@ -330,17 +330,18 @@ def package_model(
 
 def _measure(folder: Path, evaluations: Mapping[str, str | Path], sample: str | None):
     """Score the folder as users will load it (its tuned decoding included) and transcribe the sample."""
-    from asr.decoding import load_decoding_settings
+    import warnings
+
     from asr.evaluate import evaluate_manifest
-    from asr.transcribe import load_model
+    from asr.transcribe import DecodingFallbackWarning, load_model
 
     if not evaluations and sample is None:
         return [], "greedy", None
-    recognizer = load_model(folder)
-    if (folder / DECODING_FILE).is_file():
-        problem = recognizer.use_decoding(load_decoding_settings(folder / DECODING_FILE))
-        if problem:
-            raise PackageError(f"the tuned decoding settings cannot be used: {problem}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DecodingFallbackWarning)  # refused just below
+        recognizer = load_model(folder)  # with the folder's tuned decoding, as users will load it
+    if recognizer.decoding_problem:
+        raise PackageError(f"the tuned decoding settings cannot be used: {recognizer.decoding_problem}")
     results = []
     for set_name, manifest in evaluations.items():
         report = evaluate_manifest(recognizer, manifest)

@@ -111,6 +111,7 @@ class SpeechRecognizer:
         self.max_train_seconds: float | None = None  # longest training utterance (None: checkpoint predates it)
         self._window_seconds: float | None = None  # set by the user; None: from max_train_seconds
         self.precision = "fp32"  # bf16: the acoustic model runs under bf16 autocast
+        self.decoding_problem: str | None = None  # why the asked-for decoding fell back to greedy
 
     @property
     def sample_rate(self) -> int:
@@ -341,23 +342,44 @@ class PrecisionError(AsrError):
     """An inference precision this build or device cannot run."""
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> SpeechRecognizer:
+class DecodingFallbackWarning(UserWarning):
+    """The asked-for LM or lexicon could not be used: the model decodes greedily."""
+
+
+def tuned_decoding(model: str | Path) -> tuple[DecodingSettings, Path | None]:
+    """The settings ``asr tune-lm`` stored for a model (CKPT.decoding.yaml beside a checkpoint,
+    decoding.yaml in a model folder) and their file; greedy and None when there are none."""
+    from asr.decoding import load_decoding_settings
+    from asr.package import tuned_settings_file
+
+    file = tuned_settings_file(model)
+    return (load_decoding_settings(file), file) if file.is_file() else (DecodingSettings(), None)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32",
+               decoding: DecodingSettings | None = None, workers: int = 1) -> SpeechRecognizer:
     """Load a model for transcription: a checkpoint written by ``asr train`` (``.pt``), a
     model folder written by ``asr package``, or ``hf://ORG/NAME[@revision]`` (a folder on the
     Hugging Face Hub; needs the ``hub`` extra).
 
     ``precision``: fp32; bf16 autocast (CPUs with AVX-512 bf16 / AMX, and GPUs); or int8
     dynamic quantisation of the LSTM/GRU and linear weights (CPU only).
+    ``decoding``: how to decode; by default the settings ``asr tune-lm`` stored for this model
+    (greedy when there are none), as ``asr transcribe`` does. An unusable LM or lexicon falls
+    back to greedy decoding with a warning (``recognizer.decoding_problem`` says why).
+    ``workers``: beam search processes.
     """
+    import warnings
     from dataclasses import replace
 
-    from asr.package import read_model
+    from asr.package import read_model, resolve_model
 
     if precision not in INFERENCE_PRECISIONS:
         raise PrecisionError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, not {precision!r}")
     device = torch.device(device)
     if precision == "int8" and device.type != "cpu":
         raise PrecisionError(f"int8 dynamic quantisation runs on the CPU only, not on {device}; use bf16 on a GPU")
+    path = resolve_model(path)  # once: hf:// is looked up in the Hub cache (or online)
     saved = read_model(path)
     config = saved.config
     if precision == "int8":
@@ -373,8 +395,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", precision: 
     except (ValueError, KeyError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{path}: checkpoint does not match this version of asr ({err})") from err
     if precision == "int8":
-        import warnings
-
         with warnings.catch_warnings():  # torch's notices that torch.ao moves to torchao: nothing a user can act on
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
@@ -385,4 +405,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", precision: 
     # The longest training utterance (None when the checkpoint predates the record): longer
     # windows are out of the model's experience.
     recognizer.max_train_seconds = saved.train_audio.max_seconds if saved.train_audio else None
+    recognizer.decoding_problem = recognizer.use_decoding(decoding if decoding is not None else tuned_decoding(path)[0],
+                                                          workers)
+    if recognizer.decoding_problem:
+        warnings.warn(recognizer.decoding_problem, DecodingFallbackWarning, stacklevel=2)
     return recognizer

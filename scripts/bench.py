@@ -169,11 +169,9 @@ def bench_training(manifest: str | None, peaks: dict[str, float], repeats: int, 
 def transcribe_and_score(checkpoint: str, utterances, threads: int, precision: str = "fp32",
                          decoding: DecodingSettings | None = None) -> tuple[float, ErrorCounts]:
     torch.set_num_threads(threads)
-    recognizer = load_model(checkpoint, precision=precision)
-    if decoding:
-        problem = recognizer.use_decoding(decoding, workers=threads)
-        if problem:
-            raise SystemExit(problem)
+    recognizer = load_model(checkpoint, precision=precision, decoding=decoding or DecodingSettings(), workers=threads)
+    if recognizer.decoding_problem:
+        raise SystemExit(recognizer.decoding_problem)
     recognizer.transcribe([utterances[0].audio])  # warm-up (allocations, LM load)
     start = time.perf_counter()
     results = recognizer.transcribe([u.audio for u in utterances])
@@ -219,7 +217,7 @@ def bench_onnxruntime(checkpoint: str, utterances, cores: int) -> None:
     from asr.decoding import GreedyDecoder
     from asr.export import export_onnx
 
-    recognizer = load_model(checkpoint)
+    recognizer = load_model(checkpoint, decoding=DecodingSettings())  # acoustic speed: greedy
     decoder = GreedyDecoder(recognizer.vocabulary)
     waveforms = [load_audio(u.audio) for u in utterances]
     audio = sum(len(w) for w in waveforms) / 16000

@@ -26,7 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.data import read_manifest  # noqa: E402
-from asr.decoding import BeamSearchDecoder, BeamSearchOptions, GreedyDecoder, load_decoding_settings  # noqa: E402
+from asr.decoding import (  # noqa: E402
+    BeamSearchDecoder,
+    BeamSearchOptions,
+    DecodingSettings,
+    GreedyDecoder,
+    load_decoding_settings,
+)
 from asr.lm import arpa_vocabulary, read_lexicon  # noqa: E402
 from asr.transcribe import load_model  # noqa: E402
 from asr.tune import compute_emissions, fingerprint, score  # noqa: E402
@@ -65,7 +71,7 @@ def main() -> None:
     lm_weight = args.lm_weight if args.lm_weight is not None else (settings.beam.lm_weight if settings else 1.0)
     word_score = args.word_score if args.word_score is not None else (settings.beam.word_score if settings else 0.0)
 
-    recognizer = load_model(args.checkpoint)
+    recognizer = load_model(args.checkpoint, decoding=DecodingSettings())  # emissions only
     recognizer.window_seconds = math.inf  # whole utterances: one matrix (and one text) each
     utterances = read_manifest(args.manifest)
     emissions = compute_emissions(recognizer, utterances, fingerprint(args.checkpoint, utterances))

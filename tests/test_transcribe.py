@@ -147,3 +147,29 @@ def test_long_audio_script_scores_joined_utterances_like_evaluate(trained_checkp
 
     report = evaluate_manifest(load_model(trained_checkpoint), tone_corpus["valid"])
     assert float(rows[0].split("|")[4]) == pytest.approx(100 * report.words.rate, abs=0.01)
+
+
+def test_load_model_decodes_with_the_tuned_settings_like_the_cli(trained_checkpoint, tmp_path):
+    import shutil
+    import warnings
+
+    from test_cli import tone_lm
+
+    import asr
+    from asr.decoding import BeamSearchOptions, DecodingSettings, save_decoding_settings
+    from asr.transcribe import DecodingFallbackWarning
+
+    checkpoint = tmp_path / "model.pt"
+    shutil.copy(trained_checkpoint, checkpoint)
+    assert asr.load_model(checkpoint).decoding == DecodingSettings()  # nothing tuned: greedy
+    tuned = DecodingSettings("beam", tone_lm(tmp_path), None, BeamSearchOptions(beam_size=8, lm_weight=0.5))
+    save_decoding_settings(tmp_path / "model.pt.decoding.yaml", tuned)
+    model = asr.load_model(checkpoint)  # what `asr transcribe` would decode with, without a flag
+    assert model.decoding == tuned and model.decoding_problem is None
+    assert asr.load_model(checkpoint, decoding=DecodingSettings()).decoding == DecodingSettings()
+    Path(tuned.lm).unlink()  # the LM went away: greedy, and the user is told why
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = asr.load_model(checkpoint)
+    assert model.decoding == DecodingSettings() and "falling back to greedy" in model.decoding_problem
+    assert [w.category for w in caught] == [DecodingFallbackWarning]
