@@ -165,6 +165,42 @@ def load_recognizer(args: argparse.Namespace):
     return recognizer
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from asr.decoding import DecodingSettings
+    from asr.gates import trace_file, write_json
+    from asr.inspect_figures import write_figures
+    from asr.transcribe import load_model
+
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"error: --out {out_dir} exists and is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    # fp32 and greedy: the trace runs the float weights step by step and shows the greedy path.
+    recognizer = load_model(args.checkpoint, device=args.device, decoding=DecodingSettings())
+    trace = trace_file(recognizer, args.file)
+    written = [write_json(trace, out_dir / "inspect.json"), *write_figures(trace, out_dir)]
+    print(f"transcript (greedy): {trace.transcript}", file=sys.stderr)
+    for path in written:
+        print(path)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from asr.server import ServerOptions, create_app, exposure_warning, serve
+
+    if args.max_upload_mb <= 0 or args.max_queue < 0:
+        print("error: --max-upload-mb must be > 0 and --max-queue >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    warning = exposure_warning(args.host)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    recognizer = load_recognizer(args)
+    name = args.model_name or Path(args.checkpoint.rstrip("/")).name
+    options = ServerOptions(max_upload_mb=args.max_upload_mb, max_queue=args.max_queue, model_name=name)
+    serve(create_app(recognizer, options), host=args.host, port=args.port)
+    return EXIT_OK
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.atomic import atomic_write
     from asr.writers import json_record, output_names, render
@@ -430,6 +466,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_arguments(transcribe)
     transcribe.set_defaults(func=cmd_transcribe)
 
+    inspect = commands.add_parser("inspect", help="figures and JSON of the log-mel, CTC posteriors and the "
+                                  "LSTM gates and cell states for one audio file")
+    inspect.add_argument("checkpoint", help="checkpoint written by 'asr train', model folder ('asr package') "
+                         "or hf://ORG/NAME (LSTM models)")
+    inspect.add_argument("file", help="one audio file (at most 30 s)")
+    inspect.add_argument("--out", required=True, help="folder for inspect.json and the PNG figures")
+    inspect.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    inspect.set_defaults(func=cmd_inspect)
+
+    serve = commands.add_parser("serve", help="serve an OpenAI-compatible transcription API over HTTP")
+    serve.add_argument("checkpoint", help="checkpoint written by 'asr train', model folder ('asr package') "
+                       "or hf://ORG/NAME")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-upload-mb", type=float, default=200.0, help="largest audio upload in MB (default 200)")
+    serve.add_argument("--max-queue", type=int, default=8, help="requests that may wait for recognition; "
+                       "more get 503 (default 8)")
+    serve.add_argument("--model-name", help="model id reported by /v1/models (default: the checkpoint's name)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_decoding_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+
     evaluate = commands.add_parser("evaluate", help="WER/CER of a checkpoint on a manifest")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("manifest", help="JSONL manifest with reference transcripts")
@@ -504,7 +562,7 @@ def prepare_librispeech_argv(argv: list[str]) -> list[str]:
 
 
 # The commands that run the network (and so consult the thread governor, asr/threads.py).
-NETWORK_COMMANDS = frozenset({"train", "transcribe", "evaluate", "tune-lm", "package", "export"})
+NETWORK_COMMANDS = frozenset({"train", "transcribe", "evaluate", "tune-lm", "package", "export", "serve", "inspect"})
 
 
 def main(argv: list[str] | None = None) -> int:
