@@ -173,3 +173,15 @@ def test_load_model_decodes_with_the_tuned_settings_like_the_cli(trained_checkpo
         model = asr.load_model(checkpoint)
     assert model.decoding == DecodingSettings() and "falling back to greedy" in model.decoding_problem
     assert [w.category for w in caught] == [DecodingFallbackWarning]
+
+
+def test_inference_and_serving_import_no_training_or_dataset_code():
+    import subprocess
+    import sys
+
+    # (asr.phones may load: the model's phone head takes its size from the phone inventory.)
+    code = ("import sys, asr, asr.cli, asr.transcribe, asr.evaluate, asr.writers, asr.package, asr.server, "
+            "asr.gates, asr.manifest; print(sorted(m for m in sys.modules if m in ('asr.train', 'asr.data', "
+            "'asr.download', 'asr.librispeech')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
