@@ -396,6 +396,9 @@ def float_list(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+MODEL_HELP = "checkpoint written by 'asr train', model folder ('asr package') or hf://ORG/NAME"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from asr import __version__
 
@@ -453,8 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     transcribe = commands.add_parser("transcribe", help="transcribe audio files")
-    transcribe.add_argument("checkpoint", help="checkpoint written by 'asr train', model folder ('asr package') "
-                            "or hf://ORG/NAME")
+    transcribe.add_argument("checkpoint", help=MODEL_HELP)
     transcribe.add_argument("files", nargs="+", help="audio files (anything libsndfile reads)")
     transcribe.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text",
                             help="json, srt and vtt carry word start/end times (json also word confidences)")
@@ -468,16 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="figures and JSON of the log-mel, CTC posteriors and the "
                                   "LSTM gates and cell states for one audio file")
-    inspect.add_argument("checkpoint", help="checkpoint written by 'asr train', model folder ('asr package') "
-                         "or hf://ORG/NAME (LSTM models)")
+    inspect.add_argument("checkpoint", help=MODEL_HELP + " (LSTM models)")
     inspect.add_argument("file", help="one audio file (at most 30 s)")
     inspect.add_argument("--out", required=True, help="folder for inspect.json and the PNG figures")
     inspect.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     inspect.set_defaults(func=cmd_inspect)
 
     serve = commands.add_parser("serve", help="serve an OpenAI-compatible transcription API over HTTP")
-    serve.add_argument("checkpoint", help="checkpoint written by 'asr train', model folder ('asr package') "
-                       "or hf://ORG/NAME")
+    serve.add_argument("checkpoint", help=MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--max-upload-mb", type=float, default=200.0, help="largest audio upload in MB (default 200)")
