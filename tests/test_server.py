@@ -348,3 +348,16 @@ def test_a_crash_in_recognition_is_500_and_the_server_goes_on(recognizer, wav_by
         assert client.get("/healthz").json()["busy"] == 0  # its slot came back (max_queue=0: else all 503)
         assert_good(client, wav_bytes)
     assert not list(spool.iterdir())
+
+
+def test_bench_serve_script_runs_bounded_on_loopback(trained_checkpoint, tone_corpus, capsys):
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "scripts" / "bench_serve.py"
+    spec = importlib.util.spec_from_file_location("bench_serve", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    audio = sorted(tone_corpus["root"].glob("valid/*.flac"))[0]
+    assert bench.main([str(trained_checkpoint), str(audio), "--clients", "1,2", "--requests", "3"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1:3] for row in rows] == [[" 1 ", " 3 / 0 / 0 "], [" 2 ", " 3 / 0 / 0 "]]
