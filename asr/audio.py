@@ -67,7 +67,7 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> LoadedAudio:
         promised, present = int(truncated.group(1)), int(truncated.group(2))
         seconds = samples.shape[0] / file_rate
         notes.append(f"file is truncated: its header promises {seconds * promised / max(present, 1):.2f} s "
-                        f"of audio, it holds {seconds:.2f} s; transcribing what is there")
+                     f"of audio, it holds {seconds:.2f} s; transcribing what is there")
     mono = _downmix(samples, notes)
     if not np.isfinite(mono).all():
         raise AudioError(path, "contains NaN or infinite samples")
@@ -88,9 +88,10 @@ def _downmix(samples: np.ndarray, notes: list[str]) -> np.ndarray:
     # Powers by dot products: a squared copy of a 3-hour file would cost as much memory again.
     channel_power = np.einsum("ij,ij->j", samples, samples) / samples.shape[0]  # (channels,)
     loudest = int(np.argmax(channel_power))
-    if channel_power[loudest] > AUDIBLE_POWER and np.dot(mono, mono) / len(mono) < CANCELLATION_RATIO * channel_power[loudest]:
+    mixed_power = np.dot(mono, mono) / len(mono)
+    if channel_power[loudest] > AUDIBLE_POWER and mixed_power < CANCELLATION_RATIO * channel_power[loudest]:
         notes.append(f"the channels cancel each other when mixed (one is in anti-phase?); "
-                        f"using channel {loudest + 1} of {samples.shape[1]} alone")
+                     f"using channel {loudest + 1} of {samples.shape[1]} alone")
         return samples[:, loudest]
     return mono
 

@@ -533,8 +533,7 @@ def build_run(config: ExperimentConfig) -> Run:
     if dist_info.is_main:  # after resume() accepted out_dir: a refused run leaves another run's files alone
         for stale in remove_stale_temporaries(out_dir):  # checkpoints, phones.json, ... of killed runs
             say(f"removed {stale}, left by a write interrupted before this run")
-    if dist_info.is_main:  # drop the records of work a kill undid: it is about to be redone
-        write_metrics(out_dir / "metrics.jsonl", state.history)
+        write_metrics(out_dir / "metrics.jsonl", state.history)  # without work a kill undid: it is redone
     step_model: torch.nn.Module = model
     if dist_info.enabled:
         for buffer in (frontend.normalizer.mean, frontend.normalizer.std):

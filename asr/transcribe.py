@@ -244,10 +244,6 @@ class SpeechRecognizer:
             whole = hypotheses[0] if len(hypotheses) == 1 else None
             results[index] = Transcription(path, text, None, emission.duration, whole, words, warnings)
 
-    def timed_words(self, hypothesis: Hypothesis, offset: float = 0.0,
-                    duration: float = math.inf) -> tuple[TimedWord, ...]:
-        return timed_words(hypothesis, self.seconds_per_step, offset, duration)
-
 
 def timed_words(hypothesis: Hypothesis, seconds_per_step: float, offset: float = 0.0,
                 duration: float = math.inf) -> tuple[TimedWord, ...]:
