@@ -188,15 +188,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from asr.server import ServerOptions, create_app, exposure_warning, serve
 
-    if args.max_upload_mb <= 0 or args.max_queue < 0:
-        print("error: --max-upload-mb must be > 0 and --max-queue >= 0", file=sys.stderr)
+    if args.max_upload_mb <= 0 or args.max_queue < 0 or args.max_live < 0:
+        print("error: --max-upload-mb must be > 0, --max-queue and --max-live >= 0", file=sys.stderr)
         return EXIT_USAGE
     warning = exposure_warning(args.host)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     recognizer = load_recognizer(args)
     name = args.model_name or Path(args.checkpoint.rstrip("/")).name
-    options = ServerOptions(max_upload_mb=args.max_upload_mb, max_queue=args.max_queue, model_name=name)
+    options = ServerOptions(max_upload_mb=args.max_upload_mb, max_queue=args.max_queue, model_name=name,
+                            max_live=args.max_live)
+    print(f"asr serve: the page is at http://{args.host}:{args.port}/ (API under /v1)", file=sys.stderr)
     serve(create_app(recognizer, options), host=args.host, port=args.port)
     return EXIT_OK
 
@@ -320,6 +322,20 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
     unit = "character " if args.unit == "char" else ""
     print(f"{report.path}: {unit}{args.order}-gram from {report.sentences} sentences, {report.words} words, "
           f"{report.vocabulary} distinct")
+    return EXIT_OK
+
+
+def cmd_lm_english(args: argparse.Namespace) -> int:
+    from asr.sphinx_lm import convert_sphinx_lm, find_sphinx_lm
+
+    source = Path(args.source) if args.source else find_sphinx_lm()
+    if source is None:
+        print("error: CMU Sphinx's en-us.lm.bin not found: pip install pocketsphinx (or apt-get install "
+              "pocketsphinx-en-us), or name the file with --source", file=sys.stderr)
+        return EXIT_USAGE
+    words, bigrams, trigrams = convert_sphinx_lm(source, args.out)
+    print(f"{args.out}: US English trigram LM from {source} ({words} words, {bigrams} bigrams, {trigrams} trigrams; "
+          "BSD-2-clause, Carnegie Mellon University and Alpha Cephei)")
     return EXIT_OK
 
 
@@ -476,13 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     inspect.set_defaults(func=cmd_inspect)
 
-    serve = commands.add_parser("serve", help="serve an OpenAI-compatible transcription API over HTTP")
+    serve = commands.add_parser("serve", help="serve a web page (files, microphone, live mode, inspect) and an "
+                                "OpenAI-compatible transcription API over HTTP")
     serve.add_argument("checkpoint", help=MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--max-upload-mb", type=float, default=200.0, help="largest audio upload in MB (default 200)")
     serve.add_argument("--max-queue", type=int, default=8, help="requests that may wait for recognition; "
                        "more get 503 (default 8)")
+    serve.add_argument("--max-live", type=int, default=4, help="live microphone streams at once (default 4; "
+                       "0 turns live mode off)")
     serve.add_argument("--model-name", help="model id reported by /v1/models (default: the checkpoint's name)")
     serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     add_decoding_arguments(serve)
@@ -513,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="char LM with --unigram-counts: words to sample (default 1000000)")
     lm_build.add_argument("out", help="output model: .arpa, or .bin for a KenLM binary (needs --lexicon to decode)")
     lm_build.set_defaults(func=cmd_lm_build)
+    lm_english = lm.add_parser("english", help="a general US English word trigram LM (72 k words): CMU Sphinx's "
+                               "en-us model from the pocketsphinx package, written as ARPA")
+    lm_english.add_argument("out", help="output ARPA file")
+    lm_english.add_argument("--source", help="the Sphinx trie model (default: pocketsphinx's en-us.lm.bin, "
+                            "or Debian's pocketsphinx-en-us)")
+    lm_english.set_defaults(func=cmd_lm_english)
 
     export = commands.add_parser("export", help="export front end + acoustic model as TorchScript or ONNX")
     export.add_argument("checkpoint")

@@ -24,7 +24,8 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +39,7 @@ from asr.writers import render, subtitle_cues
 if TYPE_CHECKING:
     from asr.transcribe import SpeechRecognizer, Transcription
 
+T = TypeVar("T")
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
 FORM_FIELDS_BYTES = 64 * 1024  # room for the form's other fields and multipart framing beside the file
@@ -55,6 +57,8 @@ class ServerOptions:
     model_name: str = "asr"  # the id /v1/models reports; any `model` a client sends is accepted
     temp_dir: str | None = None  # where uploads are spooled (None: the system's temporary folder)
     retry_after_s: int = 5  # the Retry-After a 503 suggests
+    max_live: int = 4  # live microphone streams at once (each re-decodes its open segment twice a second)
+    low_confidence: float = 0.5  # the page marks words whose confidence is below this
 
     @property
     def max_upload_bytes(self) -> int:
@@ -91,7 +95,7 @@ def exposure_warning(host: str) -> str | None:
             "authentication); use --host 127.0.0.1 to keep it to this machine")
 
 
-class _Slots:
+class Slots:
     """Requests admitted (running or waiting); thread-safe, as workers release them."""
 
     def __init__(self, capacity: int) -> None:
@@ -112,10 +116,11 @@ class _Slots:
 
 
 @dataclass
-class _Upload:
+class Upload:
     path: str | None  # our temporary file holding the `file` part (None: the form had none)
     size: int  # bytes of the file part
     fields: dict[str, list[str]]  # the other form fields, each possibly repeated
+    filename: str = "upload"  # the client's name for the file: a label in outputs, never a path
 
 
 def _remove(path: str | None) -> None:
@@ -126,7 +131,7 @@ def _remove(path: str | None) -> None:
             pass
 
 
-async def receive_upload(request: Request, options: ServerOptions) -> _Upload:
+async def receive_upload(request: Request, options: ServerOptions) -> Upload:
     """Stream a multipart body into a temporary file, stopping at the size limit (413).
 
     The caller removes ``path``; on any error it is removed here.
@@ -168,6 +173,7 @@ async def receive_upload(request: Request, options: ServerOptions) -> _Upload:
         state["is_file"] = name == "file"
         if state["is_file"]:
             state["files"] += 1
+            state["filename"] = disposition.get(b"filename", b"").decode("utf-8", "replace")
             if state["files"] > 1:
                 raise ApiError(400, "send one 'file' per request", "invalid_request", param="file")
 
@@ -213,8 +219,15 @@ async def receive_upload(request: Request, options: ServerOptions) -> _Upload:
         raise ApiError(400, f"malformed multipart body: {err}", "invalid_request") from err
     if state["files"] == 0:
         _remove(path)
-        return _Upload(None, 0, fields)
-    return _Upload(path, state["file_size"], fields)
+        return Upload(None, 0, fields)
+    return Upload(path, state["file_size"], fields, _label(state.get("filename", "")))
+
+
+def _label(filename: str) -> str:
+    """The client's file name reduced to a printable base name (shown, never opened)."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable())[:200].strip()
+    return name or "upload"
 
 
 def _field(fields: dict[str, list[str]], name: str, default: str) -> str:
@@ -222,13 +235,55 @@ def _field(fields: dict[str, list[str]], name: str, default: str) -> str:
     return values[-1].strip() if values else default
 
 
-def _recognize(recognizer: SpeechRecognizer, path: str, slots: _Slots) -> Transcription:
+def _run_and_release(work: Callable[[Upload], T], upload: Upload, slots: Slots) -> T:
     """Runs in the pool; removes the upload and frees the slot even if the client is gone."""
     try:
-        return recognizer.transcribe([path])[0]
+        return work(upload)
     finally:
-        _remove(path)
+        _remove(upload.path)
         slots.release()
+
+
+@dataclass
+class ServerContext:
+    """What the routes of the API, the page and live mode share."""
+
+    recognizer: SpeechRecognizer
+    options: ServerOptions
+    pool: ThreadPoolExecutor  # every recognition runs here (one worker: see ServerOptions.workers)
+    slots: Slots  # uploads admitted: running, waiting, or still arriving
+
+    async def run_upload(self, request: Request, work: Callable[[Upload], T],
+                         check: Callable[[Upload], None] | None = None) -> tuple[Upload, T]:
+        """Admit a request (503 when full), spool its ``file`` (413 past the limit), let
+        ``check`` refuse its form fields, and run ``work(upload)`` in the pool. The upload is
+        removed and the slot freed whatever happens, also when the client goes away."""
+        if not self.slots.try_acquire():  # before reading the body: a busy server spends nothing on it
+            raise ApiError(503, f"the server is busy ({self.slots.capacity} requests running or waiting); "
+                           "retry later", "server_busy", "server_error",
+                           headers={"Retry-After": str(self.options.retry_after_s)})
+        upload: Upload | None = None
+        handed_off = False  # once the worker owns the file and the slot, it releases them
+        try:
+            upload = await receive_upload(request, self.options)
+            if upload.path is None:
+                raise ApiError(400, "no 'file' field in the form: send the audio as multipart field 'file'",
+                               "invalid_request", param="file")
+            if check is not None:
+                check(upload)
+            future = self.pool.submit(_run_and_release, work, upload, self.slots)
+            handed_off = True
+            return upload, await asyncio.wrap_future(future)
+        finally:
+            if not handed_off:
+                _remove(upload.path if upload else None)
+                self.slots.release()
+
+
+def audio_error(upload: Upload, reason: str | None) -> ApiError:
+    """400 for audio that cannot be used, naming the reason (our temporary path never shown)."""
+    reason = (reason or "unreadable audio").replace(str(upload.path), upload.filename)
+    return ApiError(400, f"the file is not usable audio: {reason}", "invalid_audio", param="file")
 
 
 def _segments(result: Transcription) -> list[dict]:
@@ -269,9 +324,14 @@ def format_result(result: Transcription, response_format: str, granularities: li
 
 
 def create_app(recognizer: SpeechRecognizer, options: ServerOptions = ServerOptions()) -> FastAPI:
-    """The FastAPI app serving ``recognizer``; run it with uvicorn (see :func:`serve`)."""
+    """The FastAPI app serving ``recognizer``: the OpenAI-compatible API, the page at ``/``
+    with its endpoints and live mode (asr/page_api.py, asr/live_socket.py). Run it with
+    uvicorn (see :func:`serve`)."""
+    from asr.live_socket import add_live_route
+    from asr.page_api import add_page_routes
+
     pool = ThreadPoolExecutor(max_workers=max(options.workers, 1), thread_name_prefix="asr-recognize")
-    slots = _Slots(max(options.workers, 1) + max(options.max_queue, 0))
+    context = ServerContext(recognizer, options, pool, Slots(max(options.workers, 1) + max(options.max_queue, 0)))
     created = int(time.time())
 
     @asynccontextmanager
@@ -282,7 +342,7 @@ def create_app(recognizer: SpeechRecognizer, options: ServerOptions = ServerOpti
             pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="asr", lifespan=lifespan)
-    app.state.slots = slots  # for /healthz and tests
+    app.state.slots = context.slots  # for /healthz and tests
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> JSONResponse:
@@ -302,6 +362,7 @@ def create_app(recognizer: SpeechRecognizer, options: ServerOptions = ServerOpti
 
     @app.get("/healthz")
     async def healthz() -> dict:
+        slots = context.slots
         return {"status": "ok", "model": options.model_name, "busy": slots.used, "capacity": slots.capacity}
 
     def model_card() -> dict:
@@ -320,16 +381,9 @@ def create_app(recognizer: SpeechRecognizer, options: ServerOptions = ServerOpti
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:
-        if not slots.try_acquire():  # before reading the body: a busy server spends nothing on it
-            raise ApiError(503, f"the server is busy ({slots.capacity} requests running or waiting); retry later",
-                           "server_busy", "server_error", headers={"Retry-After": str(options.retry_after_s)})
-        upload: _Upload | None = None
-        handed_off = False  # once the worker owns the file and the slot, it releases them
-        try:
-            upload = await receive_upload(request, options)
-            if upload.path is None:
-                raise ApiError(400, "no 'file' field in the form: send the audio as multipart field 'file'",
-                               "invalid_request", param="file")
+        form: dict[str, Any] = {}
+
+        def check(upload: Upload) -> None:
             response_format = _field(upload.fields, "response_format", "json")
             if response_format not in RESPONSE_FORMATS:
                 raise ApiError(400, f"response_format {response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}",
@@ -344,18 +398,15 @@ def create_app(recognizer: SpeechRecognizer, options: ServerOptions = ServerOpti
             if language not in ("en", "english", ""):
                 raise ApiError(400, f"language {language!r} is not supported; this model transcribes English (en)",
                                "invalid_value", param="language")
-            future = pool.submit(_recognize, recognizer, upload.path, slots)
-            handed_off = True
-            result = await asyncio.wrap_future(future)
-        finally:
-            if not handed_off:
-                _remove(upload.path if upload else None)
-                slots.release()
-        if not result.ok:
-            reason = (result.error or "unreadable audio").replace(upload.path, "the upload")
-            raise ApiError(400, f"the file is not usable audio: {reason}", "invalid_audio", param="file")
-        return format_result(result, response_format, granularities)
+            form.update(response_format=response_format, granularities=granularities)
 
+        upload, result = await context.run_upload(request, lambda upload: recognizer.transcribe([upload.path])[0], check)
+        if not result.ok:
+            raise audio_error(upload, result.error)
+        return format_result(result, form["response_format"], form["granularities"])
+
+    add_page_routes(app, context)
+    add_live_route(app, context)
     return app
 
 

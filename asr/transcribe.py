@@ -230,6 +230,15 @@ class SpeechRecognizer:
                 self._recognize_group(group, results, decoder)
         return results  # type: ignore[return-value]  (every slot is filled)
 
+    def transcribe_samples(self, samples: np.ndarray, name: str = "<samples>") -> Transcription:
+        """One mono float32 waveform at :attr:`sample_rate`, already in memory, recognised and
+        decoded exactly as :meth:`transcribe` does a file (live mode decodes through here)."""
+        results: list[Transcription | None] = [None]
+        with ParallelDecoder(self.decoder, 1) as decoder:
+            self._recognize_group([(0, name, torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), ())],
+                                  results, decoder)
+        return results[0]  # type: ignore[return-value]
+
     def _recognize_group(self, files: list[tuple[int, str, torch.Tensor, tuple[str, ...]]],
                          results: list[Transcription | None], decoder: ParallelDecoder) -> None:
         emissions = self.file_emissions([waveform for _, _, waveform, _ in files])
@@ -279,6 +288,17 @@ def join_windows(file: FileEmissions, hypotheses: Sequence[Hypothesis], seconds_
     return " ".join(w.word for w in words), tuple(words)
 
 
+def smoothed_power(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mean square power of 10 ms frames, smoothed over 100 ms: (num_samples // hop,).
+
+    The pause finder of long audio (:func:`plan_windows`) and live mode (asr/live.py).
+    """
+    hop = sample_rate // 100
+    frames = samples[: len(samples) // hop * hop].reshape(-1, hop)  # (frames, hop), a view
+    power = np.einsum("ij,ij->i", frames, frames) / hop  # no squared copy of an hour of audio
+    return np.convolve(power, np.ones(10) / 10, mode="same")
+
+
 def plan_windows(samples: np.ndarray, sample_rate: int, max_seconds: float = LONG_AUDIO_SECONDS,
                  overlap: float = WINDOW_OVERLAP_SECONDS, search: float = CUT_SEARCH_SECONDS) -> list[Window]:
     """Cut long audio into windows of at most ``max_seconds`` (overlap included), at the
@@ -294,10 +314,8 @@ def plan_windows(samples: np.ndarray, sample_rate: int, max_seconds: float = LON
         return [Window(0, total, 0.0, math.inf)]
     if max_seconds <= 2 * overlap:
         raise ValueError(f"windows of {max_seconds} s leave no room between overlaps of {overlap} s")
-    hop = sample_rate // 100  # 10 ms energy frames
-    frames = samples[: total // hop * hop].reshape(-1, hop)  # (frames, hop), a view
-    power = np.einsum("ij,ij->i", frames, frames) / hop  # no squared copy of an hour of audio
-    energy = np.convolve(power, np.ones(10) / 10, mode="same")  # 100 ms smoothing
+    hop = sample_rate // 100
+    energy = smoothed_power(samples, sample_rate)
     span = int((max_seconds - 2 * overlap) * sample_rate)  # longest own span: window = span + 2 overlaps
     reach = int(search * sample_rate)
     cuts = [0]

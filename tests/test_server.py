@@ -358,6 +358,9 @@ def test_bench_serve_script_runs_bounded_on_loopback(trained_checkpoint, tone_co
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     audio = sorted(tone_corpus["root"].glob("valid/*.flac"))[0]
-    assert bench.main([str(trained_checkpoint), str(audio), "--clients", "1,2", "--requests", "3"]) == 0
+    assert bench.main([str(trained_checkpoint), str(audio), "--clients", "1,2", "--requests", "3",
+                       "--live", "2", "--live-seconds", "3"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [row.split("|")[1:3] for row in rows] == [[" 1 ", " 3 / 0 / 0 "], [" 2 ", " 3 / 0 / 0 "]]
+    assert [row.split("|")[1:3] for row in rows[:2]] == [[" 1 ", " 3 / 0 / 0 "], [" 2 ", " 3 / 0 / 0 "]]
+    live = rows[2].split("|")
+    assert live[1].strip() == "2" and int(live[2].split("/")[0]) > 0  # two streams got interim text

@@ -1,0 +1,206 @@
+"""Live mode: segmentation at pauses, interim and final text (asr/live.py), and its WebSocket."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from asr.live import LiveOptions, LiveTranscriber
+from asr.server import ServerOptions, create_app
+from asr.transcribe import load_model
+from tests.conftest import SAMPLE_RATE, tone_audio
+
+PHRASES = ["bad cab", "a dab", "cede a bee"]
+PAUSE = 1.2  # seconds of silence between phrases: longer than LiveOptions.pause_seconds
+
+
+@pytest.fixture(scope="module")
+def recognizer(trained_checkpoint: Path):
+    return load_model(trained_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def stream() -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Three phrases with pauses between them, and where each phrase's audio lies."""
+    rng = np.random.default_rng(7)
+    pieces, spans, position = [], [], 0
+    for number, phrase in enumerate(PHRASES):
+        audio = tone_audio(phrase, seed=number)
+        spans.append((position / SAMPLE_RATE, (position + len(audio)) / SAMPLE_RATE))
+        silence = rng.normal(0, 0.003, int(PAUSE * SAMPLE_RATE)).astype(np.float32)
+        pieces += [audio, silence]
+        position += len(audio) + len(silence)
+    return np.concatenate(pieces), spans
+
+
+def feed(transcriber: LiveTranscriber, samples: np.ndarray, seed: int, largest: int = 6000) -> list:
+    rng = np.random.default_rng(seed)
+    updates, position = [], 0
+    while position < len(samples):
+        size = int(rng.integers(1, largest))
+        updates += transcriber.accept(samples[position:position + size])
+        position += size
+    return updates + transcriber.finish()
+
+
+def finals(updates: list) -> list:
+    return [u for u in updates if u.kind == "final"]
+
+
+def test_a_final_segment_per_phrase_ending_at_its_pause(recognizer, stream) -> None:
+    samples, spans = stream
+    updates = feed(LiveTranscriber(recognizer), samples, seed=0)
+    closed = finals(updates)
+    assert len(closed) == len(PHRASES), [u.record() for u in updates]
+    for number, (final, (start, end)) in enumerate(zip(closed, spans)):
+        assert final.segment == number
+        assert final.start <= start + 0.1 and final.end >= end  # the segment holds the phrase ...
+        assert abs(final.speech_end - end) < 0.15  # ... and found where its sound stops
+        # what the segment says is what the recognizer says of that stretch of audio
+        piece = samples[round(final.start * SAMPLE_RATE):round(final.end * SAMPLE_RATE)]
+        assert final.text == recognizer.transcribe_samples(piece).text
+        assert all(final.start - 1e-3 <= w.start <= w.end <= final.end + 1e-3 for w in final.words)  # ms rounding
+    # segments follow each other without overlapping
+    assert all(a.end <= b.start + 1e-9 for a, b in zip(closed, closed[1:]))
+
+
+def test_interims_come_at_most_every_interval_of_audio(recognizer, stream) -> None:
+    samples, _ = stream
+    options = LiveOptions(interim_interval_s=0.5)
+    updates = feed(LiveTranscriber(recognizer, options=options), samples, seed=1, largest=800)
+    interims = [u for u in updates if u.kind == "interim"]
+    assert interims, "no interim text at all"
+    for segment in {u.segment for u in interims}:
+        ends = [u.end for u in interims if u.segment == segment]
+        assert all(b - a >= 0.5 - 1e-6 for a, b in zip(ends, ends[1:]))
+    # an interim of a segment always comes before its final
+    final_index = {u.segment: i for i, u in enumerate(updates) if u.kind == "final"}
+    assert all(i < final_index[u.segment] for i, u in enumerate(updates) if u.kind == "interim")
+
+
+def test_the_pieces_do_not_change_the_finals(recognizer, stream) -> None:
+    samples, _ = stream
+
+    def outcome(seed: int, largest: int) -> list:
+        return [(u.text, u.start, u.end, u.speech_end) for u in finals(feed(LiveTranscriber(recognizer), samples,
+                                                                            seed, largest))]
+
+    assert outcome(2, 400) == outcome(3, 20000) == outcome(4, len(samples) + 1)
+
+
+def test_another_input_rate_is_resampled(recognizer, stream) -> None:
+    samples, spans = stream
+    at_48k = soxr.resample(samples, SAMPLE_RATE, 48000).astype(np.float32)
+    closed = finals(feed(LiveTranscriber(recognizer, input_rate=48000), at_48k, seed=5, largest=18000))
+    assert len(closed) == len(PHRASES)
+    assert all(abs(f.speech_end - end) < 0.15 for f, (_, end) in zip(closed, spans))
+
+
+def test_silence_gives_nothing(recognizer) -> None:
+    transcriber = LiveTranscriber(recognizer)
+    quiet = np.random.default_rng(0).normal(0, 0.002, 5 * SAMPLE_RATE).astype(np.float32)
+    assert transcriber.accept(quiet) == []
+    assert transcriber.buffered_seconds <= LiveOptions().lead_in_seconds + 0.06  # the buffer does not grow
+    assert transcriber.finish() == [] and transcriber.seconds == 5.0
+
+
+def test_speech_without_pauses_is_cut_at_the_window(recognizer) -> None:
+    phrase = tone_audio("abba cede dace bed deed")  # gaps inside are shorter than the pause
+    samples = np.concatenate([phrase] * 4)
+    transcriber = LiveTranscriber(recognizer, options=LiveOptions(max_segment_seconds=4.0))
+    closed = finals(feed(transcriber, samples, seed=6))
+    assert len(closed) >= len(samples) / SAMPLE_RATE / 4.0
+    assert all(f.end - f.start <= 4.0 + 1e-6 for f in closed)
+
+
+def test_non_finite_samples_are_refused(recognizer) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        LiveTranscriber(recognizer).accept(np.array([0.0, np.nan], dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- the WebSocket
+
+
+def pcm(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+@pytest.fixture()
+def client(recognizer, tmp_path: Path) -> TestClient:
+    return TestClient(create_app(recognizer, ServerOptions(temp_dir=str(tmp_path), max_live=2)))
+
+
+def run_stream(client: TestClient, samples: np.ndarray, rate: int = SAMPLE_RATE, piece: int = 1600) -> list[dict]:
+    with client.websocket_connect("/api/live") as socket:
+        socket.send_text(json.dumps({"type": "start", "sample_rate": rate}))
+        messages = [socket.receive_json()]
+        for position in range(0, len(samples), piece):
+            socket.send_bytes(pcm(samples[position:position + piece]))
+        socket.send_text(json.dumps({"type": "stop"}))
+        while messages[-1]["type"] not in ("done", "error"):
+            messages.append(socket.receive_json())
+    return messages
+
+
+def test_websocket_stream_gives_the_library_finals(client: TestClient, recognizer, stream) -> None:
+    samples, _ = stream
+    messages = run_stream(client, samples)
+    assert messages[0]["type"] == "ready" and messages[0]["sample_rate"] == SAMPLE_RATE
+    assert messages[-1] == {"type": "done"}
+    received = [m for m in messages if m["type"] == "final"]
+    quantised = np.clip(samples, -1, 1) * 32767
+    expected = finals(feed(LiveTranscriber(recognizer), quantised.astype("<i2").astype(np.float32) / 32768, 0))
+    assert [m["text"] for m in received] == [u.text for u in expected]
+    assert all(set(m) >= {"words", "speech_end", "decode_seconds", "start", "end"} for m in received)
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("first, reason", [
+    (b"\x00\x01", "first message"),
+    ("not json", "not JSON"),
+    (json.dumps({"type": "start", "sample_rate": 10}), "sample_rate"),
+    (json.dumps({"type": "start", "sample_rate": "16000"}), "sample_rate"),
+    (json.dumps({"type": "hello"}), "first message"),
+])
+def test_a_bad_start_is_an_error_message(client: TestClient, first, reason: str) -> None:
+    with client.websocket_connect("/api/live") as socket:
+        socket.send_bytes(first) if isinstance(first, bytes) else socket.send_text(first)
+        message = socket.receive_json()
+        assert message["type"] == "error" and reason in message["message"]
+        with pytest.raises(WebSocketDisconnect):
+            socket.receive_json()
+    assert client.get("/healthz").status_code == 200
+
+
+def test_odd_frames_and_unknown_messages_are_errors(client: TestClient) -> None:
+    for bad in (b"\x00\x01\x02", "{\"type\": \"pause\"}"):
+        with client.websocket_connect("/api/live") as socket:
+            socket.send_text(json.dumps({"type": "start", "sample_rate": 16000}))
+            assert socket.receive_json()["type"] == "ready"
+            socket.send_bytes(bad) if isinstance(bad, bytes) else socket.send_text(bad)
+            message = socket.receive_json()
+            while message["type"] not in ("error", "done"):
+                message = socket.receive_json()
+            assert message["type"] == "error", message
+    with client.websocket_connect("/api/live") as socket:  # and the next stream still works
+        socket.send_text(json.dumps({"type": "start", "sample_rate": 16000}))
+        assert socket.receive_json()["type"] == "ready"
+
+
+def test_streams_beyond_the_limit_are_told_to_come_back(client: TestClient) -> None:
+    with client.websocket_connect("/api/live") as first, client.websocket_connect("/api/live") as second:
+        for socket in (first, second):
+            socket.send_text(json.dumps({"type": "start", "sample_rate": 16000}))
+            assert socket.receive_json()["type"] == "ready"
+        with client.websocket_connect("/api/live") as third:
+            message = third.receive_json()
+            assert message["type"] == "error" and "live streams" in message["message"]
+    with client.websocket_connect("/api/live") as again:  # the slots are free again
+        again.send_text(json.dumps({"type": "start", "sample_rate": 16000}))
+        assert again.receive_json()["type"] == "ready"
