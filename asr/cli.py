@@ -154,11 +154,16 @@ def load_recognizer(args: argparse.Namespace):
     from asr.package import resolve_model
     from asr.transcribe import DecodingFallbackWarning, load_model
 
+    from asr.precision import PrecisionFallbackWarning
+
     model = resolve_model(args.checkpoint)  # once: hf:// is looked up in the Hub cache (or online)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore", DecodingFallbackWarning)  # reported below, as one line
+        warnings.simplefilter("always", PrecisionFallbackWarning)
         recognizer = load_model(model, device=args.device, precision=args.precision,
                                 decoding=decoding_settings(args, model), workers=args.workers)
+    for warning in caught:  # as one line each, not Python's two-line warning format
+        print(f"warning: {warning.message}", file=sys.stderr)
     if recognizer.decoding_problem:
         print(f"warning: {recognizer.decoding_problem}", file=sys.stderr)
     print(f"decoding: {recognizer.decoding.describe()}", file=sys.stderr)

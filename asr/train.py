@@ -58,6 +58,7 @@ from asr.metrics import error_counts
 from asr.model import AcousticModel
 from asr.phones import phonemize
 from asr.text import CharVocabulary
+from asr.precision import usable_precision
 from asr.threads import adjust_threads
 
 
@@ -229,9 +230,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, t
 
 
 def autocast(config: ExperimentConfig, device: torch.device):
-    if config.train.precision == "fp32":
+    precision, _ = usable_precision(config.train.precision, device)  # fp32 where bf16 cannot run the LSTM
+    if precision == "fp32":
         return nullcontext()
-    dtype = torch.bfloat16 if config.train.precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
@@ -490,6 +492,9 @@ def build_run(config: ExperimentConfig) -> Run:
     out_dir = Path(config.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = log if dist_info.is_main else (lambda message: None)
+    _, precision_problem = usable_precision(config.train.precision, device)
+    if precision_problem:
+        say(f"warning: train.precision: {precision_problem}")
 
     vocabulary = CharVocabulary.english()
     train_utts, valid_utts = load_utterances(config, vocabulary, say)

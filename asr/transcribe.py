@@ -32,6 +32,7 @@ from asr.errors import AsrError
 from asr.features import FeatureFrontend
 from asr.model import AcousticModel
 from asr.text import CharVocabulary
+from asr.precision import PrecisionFallbackWarning, usable_precision
 from asr.threads import adjust_threads
 
 # Audio seconds per inference batch: bounds memory while keeping the LSTM's matrices large.
@@ -391,6 +392,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", precision: 
     if precision not in INFERENCE_PRECISIONS:
         raise PrecisionError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, not {precision!r}")
     device = torch.device(device)
+    precision, precision_problem = usable_precision(precision, device)
+    if precision_problem:
+        warnings.warn(precision_problem, PrecisionFallbackWarning, stacklevel=2)
     if precision == "int8" and device.type != "cpu":
         raise PrecisionError(f"int8 dynamic quantisation runs on the CPU only, not on {device}; use bf16 on a GPU")
     path = resolve_model(path)  # once: hf:// is looked up in the Hub cache (or online)
