@@ -149,11 +149,22 @@ class ModelConfig:
     # added to the character loss with this weight in training; 0 = off (no phone head).
     phone_ctc_weight: float = 0.0
     phone_ctc_layer: int = 2  # 1-based recurrent layer that feeds the phone head
+    # bidirectional: each layer reads the whole utterance both ways (offline only).
+    # latency_controlled: LC-BLSTM (Zhang et al. 2016): the input is cut into chunks of
+    # chunk_steps; the forward direction carries its state from chunk to chunk and the backward
+    # one reads only the chunk and right_steps of look-ahead, in training as in streaming.
+    # unidirectional: forward only (one direction of hidden_size units per layer).
+    direction: Literal["bidirectional", "latency_controlled", "unidirectional"] = "bidirectional"
+    chunk_steps: int = 20  # latency_controlled: output steps per chunk (each subsampling_factor x 10 ms)
+    right_steps: int = 10  # latency_controlled: look-ahead steps the backward direction reads past the chunk
 
     def __post_init__(self) -> None:
         check_ranges("model", self, subsampling_factor=">= 1", conv_channels=">= 1", conv_layers=">= 1",
                      num_layers=">= 1", hidden_size=">= 1", dropout="[0, 1)", weight_dropout="[0, 1)",
-                     phone_ctc_weight=">= 0", phone_ctc_layer=">= 1")
+                     phone_ctc_weight=">= 0", phone_ctc_layer=">= 1", chunk_steps=">= 1", right_steps=">= 0")
+        if self.direction != "bidirectional" and self.rnn_input == "packed":
+            raise ConfigError(f"model.rnn_input=packed is for bidirectional layers; model.direction={self.direction} "
+                              "runs over padded input (rnn_input: auto)")
         strides = prime_factors(self.subsampling_factor)
         if self.subsampling == "conv" and not 1 <= len(strides) <= self.conv_layers:
             raise ConfigError(
@@ -165,6 +176,34 @@ class ModelConfig:
             raise ConfigError(
                 f"model.phone_ctc_layer must be in 1..{self.num_layers} (model.num_layers), got {self.phone_ctc_layer}"
             )
+
+    @property
+    def layer_output_size(self) -> int:
+        """Features each recurrent layer outputs: both directions' units, or the forward one's."""
+        return self.hidden_size * (1 if self.direction == "unidirectional" else 2)
+
+    def lookahead_frames(self) -> int:
+        """Feature frames (10 ms) past a step that its output depends on: the algorithmic latency.
+
+        Counted from a step's first frame. Stacking reads the step's own ``subsampling_factor``
+        frames; each conv block's 3x3 kernel reads one of its input steps to the right. A
+        latency-controlled model adds the rest of its chunk and the look-ahead (the first step
+        of a chunk waits ``chunk_steps - 1 + right_steps`` steps); a bidirectional one depends
+        on the whole utterance.
+        """
+        if self.direction == "bidirectional":
+            raise ValueError("a bidirectional model reads the whole utterance: it has no bounded look-ahead")
+        if self.subsampling == "stack":
+            frames = self.subsampling_factor - 1  # the rest of the step's own stack
+        else:
+            strides = prime_factors(self.subsampling_factor)
+            frames, step = 0, 1
+            for stride in [1] * (self.conv_layers - len(strides)) + strides:
+                frames += step  # one input step of this block to the right, in frames
+                step *= stride
+        if self.direction == "latency_controlled":
+            frames += (self.chunk_steps - 1 + self.right_steps) * self.subsampling_factor
+        return frames
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from torch import nn
 from asr.atomic import atomic_path
 from asr.config import to_dict
 from asr.decoding import DecodingSettings
+from asr.errors import AsrError
 from asr.transcribe import SpeechRecognizer, load_model
 
 
@@ -30,6 +31,19 @@ class WaveformToLogProbs(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, frame_lengths = self.frontend(waveforms, lengths)
         return self.model(features, frame_lengths)
+
+
+class ExportError(AsrError):
+    """A model this exporter cannot write as one graph."""
+
+
+def _exportable(checkpoint: str | Path) -> SpeechRecognizer:
+    recognizer = load_model(checkpoint, decoding=DecodingSettings())  # the network alone: no LM to load
+    if recognizer.config.model.direction == "latency_controlled":
+        # Its chunks run in a Python loop whose length tracing would freeze to the example's.
+        raise ExportError(f"{checkpoint}: a latency-controlled model is exported as a streaming step with its "
+                          "state (not yet written); whole-utterance export covers bidirectional and unidirectional models")
+    return recognizer
 
 
 def _example(recognizer: SpeechRecognizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +60,7 @@ def _metadata(recognizer: SpeechRecognizer) -> dict[str, str]:
 
 
 def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
-    recognizer = load_model(checkpoint, decoding=DecodingSettings())  # the network alone: no LM to load
+    recognizer = _exportable(checkpoint)
     module = WaveformToLogProbs(recognizer).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # sizes are traced symbolically (tested)
@@ -60,7 +74,7 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
     import onnx
 
-    recognizer = load_model(checkpoint, decoding=DecodingSettings())
+    recognizer = _exportable(checkpoint)
     module = WaveformToLogProbs(recognizer).eval()
     out = Path(out)
     with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():

@@ -128,6 +128,9 @@ def check_lstm_model(model: AcousticModel) -> None:
     if cell != "lstm":
         raise GatesUnavailableError(
             f"input, forget and output gates exist in LSTM layers only; this model's layers are {cell.upper()} cells")
+    if model.config.direction != "bidirectional":  # the trace runs each layer over the whole utterance
+        raise GatesUnavailableError(
+            f"gates are traced for bidirectional models; this one is {model.config.direction.replace('_', '-')}")
     for layer in model.layers:
         for rnn in (layer.forward_rnn, layer.backward_rnn):
             if not isinstance(getattr(rnn, "weight_ih_l0", None), torch.Tensor):

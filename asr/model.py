@@ -155,6 +155,81 @@ class BidirectionalRNN(nn.Module):
         return self._packed(x, lengths) if packed else self._padded(x, lengths)
 
 
+class UnidirectionalRNN(BidirectionalRNN):
+    """The forward direction alone: (B, T, input_size) -> (B, T, hidden_size); causal."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, weight_dropout: float = 0.0) -> None:
+        nn.Module.__init__(self)
+        self.forward_rnn = RNN_CELLS[cell](input_size, hidden_size, batch_first=True)
+        self.weight_dropout = weight_dropout
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, packed: bool = False) -> torch.Tensor:
+        return self._run(self.forward_rnn, x)  # (B, T, H): padding comes after the valid frames
+
+
+def chunk_windows(x: torch.Tensor, lengths: torch.Tensor, chunk: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, C) -> windows (B, K, chunk + right, C), K = ceil(T / chunk): window k holds chunk k
+    and the ``right`` steps after it (zeros past the end), and its valid length (B, K)."""
+    batch, time, channels = x.shape
+    count = max(1, -(-time // chunk))
+    padded = nn.functional.pad(x, (0, 0, 0, count * chunk + right - time))  # (B, K * chunk + right, C)
+    windows = padded.unfold(1, chunk + right, chunk).permute(0, 1, 3, 2)  # (B, K, chunk + right, C)
+    starts = torch.arange(count, device=lengths.device) * chunk  # (K,)
+    window_lengths = (lengths[:, None] - starts[None, :]).clamp(0, chunk + right)  # (B, K)
+    return windows, window_lengths
+
+
+def chunk_main_frames(windows: torch.Tensor, chunk: int, time: int) -> torch.Tensor:
+    """(B, K, chunk + right, C) -> (B, T, C): each window's own chunk, in time order."""
+    batch, count, _, channels = windows.shape
+    return windows[:, :, :chunk].reshape(batch, count * chunk, channels)[:, :time]  # (B, K * chunk, C) cut to T
+
+
+class LatencyControlledRNN(BidirectionalRNN):
+    """One latency-controlled bidirectional layer (LC-BLSTM; Zhang et al. 2016) over chunk windows.
+
+    The forward direction runs chunk after chunk, carrying its state, and from each chunk's
+    end state also over that window's look-ahead steps (whose state is then dropped); the
+    backward direction reads each window (chunk + look-ahead) reversed, from a zero state.
+    So a chunk's outputs depend on nothing past its look-ahead: exactly what a stream can
+    compute once the look-ahead has arrived. (B, K, W, C) -> (B, K, W, 2H), W = chunk + right.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, chunk: int, weight_dropout: float = 0.0) -> None:
+        super().__init__(cell, input_size, hidden_size, weight_dropout)
+        self.chunk = chunk
+
+    def _call(self, rnn: nn.RNNBase, weights: dict[str, torch.Tensor], inputs: torch.Tensor, state=None):
+        return torch.func.functional_call(rnn, weights, (inputs, state))
+
+    def forward(self, windows: torch.Tensor, window_lengths: torch.Tensor, state=None):  # type: ignore[override]
+        """Windows (B, K, W, C) and lengths (B, K) -> outputs (B, K, W, 2H) and the forward
+        direction's state after the last chunk (to continue a stream from)."""
+        batch, count, width, channels = windows.shape
+        chunk, right = self.chunk, width - self.chunk
+        forward_weights, backward_weights = self._weights(self.forward_rnn), self._weights(self.backward_rnn)
+        main, ends = [], []
+        for k in range(count):  # the carried state makes the chunks sequential
+            output, state = self._call(self.forward_rnn, forward_weights, windows[:, k, :chunk], state)
+            main.append(output)  # (B, chunk, H)
+            ends.append(state)
+        forward = torch.stack(main, dim=1)  # (B, K, chunk, H)
+        if right:
+            def per_window(states: list[torch.Tensor]) -> torch.Tensor:
+                return torch.stack(states, dim=2).reshape(1, batch * count, -1)  # (1, B, K, H) -> (1, B * K, H)
+
+            starts = tuple(per_window([s[i] for s in ends]) for i in range(2)) if isinstance(state, tuple) \
+                else per_window(ends)
+            look_ahead = windows[:, :, chunk:].reshape(batch * count, right, channels)  # (B * K, right, C)
+            output, _ = self._call(self.forward_rnn, forward_weights, look_ahead, starts)
+            forward = torch.cat([forward, output.reshape(batch, count, right, -1)], dim=2)  # (B, K, W, H)
+        flat = windows.reshape(batch * count, width, channels)  # (B * K, W, C)
+        flat_lengths = window_lengths.reshape(batch * count)
+        backward, _ = self._call(self.backward_rnn, backward_weights, reverse_within_lengths(flat, flat_lengths))
+        backward = reverse_within_lengths(backward, flat_lengths).reshape(batch, count, width, -1)  # (B, K, W, H)
+        return torch.cat([forward, backward], dim=-1), state
+
+
 class AcousticModel(nn.Module):
     """Log-mel frames (B, T, n_mels) -> CTC log-probabilities (B, T', vocab_size) and lengths."""
 
@@ -167,19 +242,22 @@ class AcousticModel(nn.Module):
             self.subsampler = ConvSubsampler(
                 input_dim, config.subsampling_factor, config.conv_channels, config.conv_layers
             )
-        layer_inputs = [self.subsampler.output_dim] + [2 * config.hidden_size] * (config.num_layers - 1)
-        self.layers = nn.ModuleList(
-            BidirectionalRNN(config.cell, size, config.hidden_size, config.weight_dropout) for size in layer_inputs
-        )
-        self.norms = nn.ModuleList(
-            nn.LayerNorm(2 * config.hidden_size) if config.layer_norm else nn.Identity() for _ in layer_inputs
-        )
+        width = config.layer_output_size
+        layer_inputs = [self.subsampler.output_dim] + [width] * (config.num_layers - 1)
+
+        def layer(size: int) -> BidirectionalRNN:
+            if config.direction == "latency_controlled":
+                return LatencyControlledRNN(config.cell, size, config.hidden_size, config.chunk_steps, config.weight_dropout)
+            if config.direction == "unidirectional":
+                return UnidirectionalRNN(config.cell, size, config.hidden_size, config.weight_dropout)
+            return BidirectionalRNN(config.cell, size, config.hidden_size, config.weight_dropout)
+
+        self.layers = nn.ModuleList(layer(size) for size in layer_inputs)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) if config.layer_norm else nn.Identity() for _ in layer_inputs)
         self.dropout = Dropout(config.dropout)
-        self.output = nn.Linear(2 * config.hidden_size, vocab_size)
+        self.output = nn.Linear(width, vocab_size)
         # Training-only head of the auxiliary phone CTC loss, on a lower layer's output.
-        self.phone_output = (
-            nn.Linear(2 * config.hidden_size, NUM_PHONE_LABELS) if config.phone_ctc_weight > 0 else None
-        )
+        self.phone_output = nn.Linear(width, NUM_PHONE_LABELS) if config.phone_ctc_weight > 0 else None
 
     def use_packed(self) -> bool:
         return self.config.rnn_input == "packed"  # "auto" is padded: faster on CPU and on an H100
@@ -192,13 +270,43 @@ class AcousticModel(nn.Module):
         if with_phones and self.phone_output is None:
             raise ValueError("with_phones needs model.phone_ctc_weight > 0")
         x, lengths = self.subsampler(features, lengths)  # (B, T', D)
+        time = x.shape[1]
+        chunked = self.config.direction == "latency_controlled"
+        if chunked:  # every layer works on the same windows: chunk + look-ahead
+            x, window_lengths = chunk_windows(x, lengths, self.config.chunk_steps, self.config.right_steps)  # (B, K, W, D)
         packed = self.use_packed()
         phone_log_probs = None
         for number, (layer, norm) in enumerate(zip(self.layers, self.norms), start=1):
-            x = self.dropout(norm(layer(x, lengths, packed)))  # (B, T', 2H)
+            if chunked:
+                x = self.dropout(norm(layer(x, window_lengths)[0]))  # (B, K, W, 2H)
+            else:
+                x = self.dropout(norm(layer(x, lengths, packed)))  # (B, T', 2H), or (B, T', H) unidirectional
             if with_phones and number == self.config.phone_ctc_layer:
-                phone_log_probs = self.phone_output(x).float().log_softmax(dim=-1)  # (B, T', P)
+                own = chunk_main_frames(x, self.config.chunk_steps, time) if chunked else x
+                phone_log_probs = self.phone_output(own).float().log_softmax(dim=-1)  # (B, T', P)
+        if chunked:
+            x = chunk_main_frames(x, self.config.chunk_steps, time)  # (B, T', 2H)
         logits = self.output(x)  # (B, T', V)
         if with_phones:
             return logits.float().log_softmax(dim=-1), lengths, phone_log_probs
         return logits.float().log_softmax(dim=-1), lengths
+
+    def forward_window(self, window: torch.Tensor, length: torch.Tensor,
+                       states: list | None = None) -> tuple[torch.Tensor, list]:
+        """One chunk of a stream through a latency-controlled model: subsampled steps
+        (B, chunk + right, D) with valid lengths (B,), and each layer's forward state after the
+        previous chunk (None at the start) -> log-probs of the chunk's own steps (B, chunk, V)
+        and the states to pass with the next chunk. Chunk after chunk this computes exactly
+        what :meth:`forward` computes over the whole utterance."""
+        if self.config.direction != "latency_controlled":
+            raise ValueError(f"forward_window is for latency_controlled models, not {self.config.direction}")
+        states = states or [None] * len(self.layers)
+        x = window[:, None]  # (B, 1, W, D): one window
+        next_states = []
+        for layer, norm, state in zip(self.layers, self.norms, states):
+            output, state = layer(x, length[:, None], state)
+            x = self.dropout(norm(output))  # (B, 1, W, 2H)
+            next_states.append(state)
+        logits = self.output(x[:, 0, : self.config.chunk_steps])  # (B, chunk, V)
+        return logits.float().log_softmax(dim=-1), next_states
+
