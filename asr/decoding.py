@@ -282,8 +282,8 @@ class BeamSearchDecoder:
 
     def with_options(self, options: BeamSearchOptions) -> BeamSearchDecoder:
         """The same LM and lexicon (loaded once, shared) with other search options."""
-        other = copy.copy(self)
-        other.options, other._engine = options, None
+        other = copy.copy(self)  # copy goes through __getstate__, which drops the flashlight objects ...
+        other.options, other._engine, other._shared = options, None, self._shared  # ... so share them again
         return other
 
     def _resources(self):

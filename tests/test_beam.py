@@ -138,6 +138,24 @@ def test_parallel_decoding_matches_serial(cat_lm):
     assert [n[0].score for n in parallel] == pytest.approx([n[0].score for n in serial])
 
 
+def test_other_options_share_the_loaded_lm(cat_lm, char_lm, monkeypatch):
+    """tune-lm tries many options: each copy must reuse the LM read once, not read it again
+    (copy.copy goes through __getstate__, which leaves the flashlight objects out)."""
+    import flashlight.lib.text.decoder.kenlm as kenlm
+
+    reads = []
+    real = kenlm.KenLM
+    monkeypatch.setattr(kenlm, "KenLM", lambda *args: reads.append(args[0]) or real(*args))
+    matrix = peaky([C, A, T]).numpy()
+    for lm in (cat_lm, char_lm):
+        decoder = BeamSearchDecoder(VOCAB, BeamSearchOptions(beam_size=10), lm=lm)
+        for weight in (0.5, 1.0, 2.0):
+            other = decoder.with_options(BeamSearchOptions(beam_size=10, lm_weight=weight))
+            assert other._shared is decoder._shared
+            other.decode_matrix(matrix)
+    assert reads == [cat_lm, char_lm]
+
+
 def test_missing_and_unreadable_lm_files_name_the_file(tmp_path):
     with pytest.raises(LanguageModelError, match="missing.arpa: language model file not found"):
         BeamSearchDecoder(VOCAB, lm=tmp_path / "missing.arpa")
