@@ -98,7 +98,25 @@ class ConvSubsampler(nn.Module):
         return x, lengths
 
 
-class BidirectionalRNN(nn.Module):
+class RecurrentLayer(nn.Module):
+    """What the recurrent layers share: recurrent weight dropout, and running one direction."""
+
+    weight_dropout: float
+
+    def _weights(self, rnn: nn.RNNBase) -> dict[str, torch.Tensor]:
+        weights = dict(rnn.named_parameters())
+        if self.training and self.weight_dropout > 0:
+            # The cell runs with a dropped copy of its recurrent weights; gradients reach the originals.
+            weights["weight_hh_l0"] = nn.functional.dropout(weights["weight_hh_l0"], self.weight_dropout)
+        return weights
+
+    def _run(self, rnn: nn.RNNBase, inputs: torch.Tensor | PackedSequence) -> torch.Tensor | PackedSequence:
+        if self.training and self.weight_dropout > 0:
+            return torch.func.functional_call(rnn, self._weights(rnn), (inputs,))[0]
+        return rnn(inputs)[0]
+
+
+class BidirectionalRNN(RecurrentLayer):
     """One bidirectional recurrent layer, exact for padded batches.
 
     Each direction is its own unidirectional RNN. Over padded input the backward one reads
@@ -122,18 +140,6 @@ class BidirectionalRNN(nn.Module):
             input_size, hidden_size, batch_first=True, bidirectional=True, device="meta"
         )
 
-    def _weights(self, rnn: nn.RNNBase) -> dict[str, torch.Tensor]:
-        weights = dict(rnn.named_parameters())
-        if self.training and self.weight_dropout > 0:
-            # The cell runs with a dropped copy of its recurrent weights; gradients reach the originals.
-            weights["weight_hh_l0"] = nn.functional.dropout(weights["weight_hh_l0"], self.weight_dropout)
-        return weights
-
-    def _run(self, rnn: nn.RNNBase, inputs: torch.Tensor | PackedSequence) -> torch.Tensor | PackedSequence:
-        if self.training and self.weight_dropout > 0:
-            return torch.func.functional_call(rnn, self._weights(rnn), (inputs,))[0]
-        return rnn(inputs)[0]
-
     def _padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         forward = self._run(self.forward_rnn, x)  # (B, T, H)
         backward = self._run(self.backward_rnn, reverse_within_lengths(x, lengths))  # (B, T, H), reversed
@@ -155,11 +161,11 @@ class BidirectionalRNN(nn.Module):
         return self._packed(x, lengths) if packed else self._padded(x, lengths)
 
 
-class UnidirectionalRNN(BidirectionalRNN):
+class UnidirectionalRNN(RecurrentLayer):
     """The forward direction alone: (B, T, input_size) -> (B, T, hidden_size); causal."""
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, weight_dropout: float = 0.0) -> None:
-        nn.Module.__init__(self)
+        super().__init__()
         self.forward_rnn = RNN_CELLS[cell](input_size, hidden_size, batch_first=True)
         self.weight_dropout = weight_dropout
 
@@ -245,7 +251,7 @@ class AcousticModel(nn.Module):
         width = config.layer_output_size
         layer_inputs = [self.subsampler.output_dim] + [width] * (config.num_layers - 1)
 
-        def layer(size: int) -> BidirectionalRNN:
+        def layer(size: int) -> RecurrentLayer:
             if config.direction == "latency_controlled":
                 return LatencyControlledRNN(config.cell, size, config.hidden_size, config.chunk_steps, config.weight_dropout)
             if config.direction == "unidirectional":
