@@ -24,6 +24,7 @@ import soxr
 
 from asr.audio import AUDIBLE_POWER
 from asr.transcribe import TimedWord, plan_windows, smoothed_power
+from asr.writers import word_record
 
 if TYPE_CHECKING:
     from asr.transcribe import SpeechRecognizer
@@ -58,8 +59,7 @@ class LiveUpdate:
         body: dict = {"type": self.kind, "segment": self.segment, "text": self.text,
                       "start": round(self.start, 3), "end": round(self.end, 3)}
         if self.kind == "final":
-            body.update(words=[{"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
-                               for w in self.words],
+            body.update(words=[word_record(w) for w in self.words],
                         speech_end=None if self.speech_end is None else round(self.speech_end, 3),
                         decode_seconds=round(self.decode_seconds, 4))
         return body

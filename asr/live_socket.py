@@ -120,7 +120,7 @@ async def live_session(websocket: WebSocket, context: ServerContext, options: Li
         reader.cancel()
 
 
-def add_live_route(app: FastAPI, context: ServerContext, options: LiveOptions = LiveOptions()) -> None:
+def add_live_route(app: FastAPI, context: ServerContext, options: LiveOptions) -> None:
     streams = Slots(context.options.max_live)
 
     @app.websocket("/api/live")

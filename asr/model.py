@@ -191,7 +191,7 @@ def chunk_main_frames(windows: torch.Tensor, chunk: int, time: int) -> torch.Ten
     return windows[:, :, :chunk].reshape(batch, count * chunk, channels)[:, :time]  # (B, K * chunk, C) cut to T
 
 
-class LatencyControlledRNN(BidirectionalRNN):
+class LatencyControlledRNN(RecurrentLayer):
     """One latency-controlled bidirectional layer (LC-BLSTM; Zhang et al. 2016) over chunk windows.
 
     The forward direction runs chunk after chunk, carrying its state, and from each chunk's
@@ -202,7 +202,10 @@ class LatencyControlledRNN(BidirectionalRNN):
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, chunk: int, weight_dropout: float = 0.0) -> None:
-        super().__init__(cell, input_size, hidden_size, weight_dropout)
+        super().__init__()
+        self.forward_rnn = RNN_CELLS[cell](input_size, hidden_size, batch_first=True)
+        self.backward_rnn = RNN_CELLS[cell](input_size, hidden_size, batch_first=True)
+        self.weight_dropout = weight_dropout
         self.chunk = chunk
 
     def _call(self, rnn: nn.RNNBase, weights: dict[str, torch.Tensor], inputs: torch.Tensor, state=None):

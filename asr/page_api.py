@@ -40,7 +40,7 @@ def inspect_unavailable(context: ServerContext) -> str | None:
     return None
 
 
-def add_page_routes(app: FastAPI, context: ServerContext) -> None:
+def add_page_routes(app: FastAPI, context: ServerContext, live: LiveOptions) -> None:
     recognizer, options = context.recognizer, context.options
     app.mount("/static", StaticFiles(directory=WEB_FOLDER), name="static")
 
@@ -50,7 +50,6 @@ def add_page_routes(app: FastAPI, context: ServerContext) -> None:
 
     @app.get("/api/info")
     async def info() -> dict:
-        live = LiveOptions()
         unavailable = inspect_unavailable(context)
         return {
             "model": options.model_name,

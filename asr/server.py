@@ -34,7 +34,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from asr.writers import render, subtitle_cues
+from asr.writers import render, subtitle_cues, word_record
 
 if TYPE_CHECKING:
     from asr.transcribe import SpeechRecognizer, Transcription
@@ -314,8 +314,7 @@ def format_result(result: Transcription, response_format: str, granularities: li
         body: dict[str, Any] = {"task": "transcribe", "language": "english", "duration": round(result.duration, 3),
                                 "text": result.text, "segments": _segments(result)}
         if "word" in granularities:
-            body["words"] = [{"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
-                             for w in result.words]
+            body["words"] = [word_record(w) for w in result.words]
         if result.warnings:
             body["warnings"] = list(result.warnings)
         return JSONResponse(body)
@@ -327,6 +326,7 @@ def create_app(recognizer: SpeechRecognizer, options: ServerOptions = ServerOpti
     """The FastAPI app serving ``recognizer``: the OpenAI-compatible API, the page at ``/``
     with its endpoints and live mode (asr/page_api.py, asr/live_socket.py). Run it with
     uvicorn (see :func:`serve`)."""
+    from asr.live import LiveOptions
     from asr.live_socket import add_live_route
     from asr.page_api import add_page_routes
 
@@ -405,8 +405,9 @@ def create_app(recognizer: SpeechRecognizer, options: ServerOptions = ServerOpti
             raise audio_error(upload, result.error)
         return format_result(result, form["response_format"], form["granularities"])
 
-    add_page_routes(app, context)
-    add_live_route(app, context)
+    live_options = LiveOptions()  # one set: what /api/info tells the page is what /api/live does
+    add_page_routes(app, context, live_options)
+    add_live_route(app, context, live_options)
     return app
 
 

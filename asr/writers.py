@@ -58,12 +58,17 @@ def format_vtt(cues: Sequence[Cue]) -> str:
     return "\n".join(["WEBVTT\n", *blocks])
 
 
+def word_record(word: TimedWord) -> dict:
+    """One timed word as JSON: the shape of every output that lists words (files, API, live)."""
+    return {"word": word.word, "start": word.start, "end": word.end, "confidence": word.confidence}
+
+
 def json_record(result: Transcription) -> dict:
     """The JSON form of one result: text, duration and timed words, or the error."""
     if not result.ok:
         record: dict = {"path": result.path, "error": result.error}
     else:
-        words = [{"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence} for w in result.words]
+        words = [word_record(w) for w in result.words]
         record = {"path": result.path, "text": result.text, "duration": round(result.duration, 3), "words": words}
     if result.warnings:
         record["warnings"] = list(result.warnings)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import soxr
 
 from asr.data import Utterance, write_manifest
 from tests.conftest import tiny_config
+from tests.test_server import free_port
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e .[dev])")
 
@@ -127,12 +127,6 @@ def phrase_checkpoint(tmp_path_factory: pytest.TempPathFactory, phrase_audio: di
     heard = asr.load_model(str(checkpoint)).transcribe([phrase_audio["upload"]])[0].text
     assert word_errors(TEST_PHRASE, heard) <= 1, f"the trained model heard {heard!r} for {TEST_PHRASE!r}"
     return checkpoint
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
