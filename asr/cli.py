@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI imports torch only for the commands that need it
+    from asr.streaming import StreamUpdate
+    from asr.transcribe import SpeechRecognizer, Transcription
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
@@ -119,6 +126,9 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lm-weight", type=float, help="LM weight (default 1.0, or the tuned value)")
     group.add_argument("--word-score", type=float, help="score added per word (default 0, or the tuned value)")
     group.add_argument("--beam-threshold", type=float, help="prune hypotheses this far below the best (default 25)")
+    group.add_argument("--units", choices=["chars", "phones"],
+                       help="decode the character output (default), or the phone head through --lexicon, a "
+                       "pronunciation lexicon (`asr lm pronounce`), with the word LM --lm")
     group.add_argument("--greedy", action="store_true", help="greedy decoding, ignoring tuned settings")
     group.add_argument("--no-lm", action="store_true", help="beam search without LM or lexicon (character level)")
     group.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -142,11 +152,11 @@ def decoding_settings(args: argparse.Namespace, model: str | Path | None = None)
         print(f"using tuned decoding settings from {tuned}", file=sys.stderr)
     overrides = {name: value for name, value in (("beam_size", args.beam), ("lm_weight", args.lm_weight),
                  ("word_score", args.word_score), ("beam_threshold", args.beam_threshold)) if value is not None}
-    if overrides or args.lm or args.lexicon or args.no_lm:
+    if overrides or args.lm or args.lexicon or args.no_lm or args.units:
         settings = replace(settings, method="beam", lm=args.lm or settings.lm, lexicon=args.lexicon or settings.lexicon,
-                           beam=replace(settings.beam, **overrides))
+                           beam=replace(settings.beam, **overrides), units=args.units or settings.units)
     if args.no_lm:
-        settings = replace(settings, lm=None, lexicon=None)
+        settings = replace(settings, lm=None, lexicon=None, units="chars")
     return settings
 
 
@@ -229,7 +239,17 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             print(f"error: cannot create the output folder: {err}", file=sys.stderr)
             return EXIT_USAGE
     recognizer = load_recognizer(args)
-    results = recognizer.transcribe(args.files)
+    delays: list[tuple[float, ...] | None] = [None] * len(args.files)
+    if args.stream:
+        if recognizer.streaming_problem:
+            print(f"error: {args.checkpoint}: --stream: {recognizer.streaming_problem}", file=sys.stderr)
+            return EXIT_USAGE
+        results = []
+        for index, path in enumerate(args.files):
+            result, delays[index] = stream_to_terminal(recognizer, path, args)
+            results.append(result)
+    else:
+        results = recognizer.transcribe(args.files)
     failures = 0
     for index, result in enumerate(results):
         for warning in result.warnings:
@@ -243,15 +263,55 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         if targets:
             try:
                 with atomic_write(targets[index]) as out:
-                    out.write(render(result, args.format))
+                    out.write(render(result, args.format, delays[index]))
             except OSError as err:  # e.g. disk full: report, keep the other results
                 failures += 1
                 print(f"error: {result.path}: cannot write {targets[index]}: {err}", file=sys.stderr)
         elif args.format == "text" and len(results) > 1:
             print(f"{result.path}\t{result.text}")
         else:
-            print(render(result, args.format), end="")
+            print(render(result, args.format, delays[index]), end="")
     return EXIT_FAILURES if failures else EXIT_OK
+
+
+def stream_to_terminal(recognizer: SpeechRecognizer, path: str,
+                       args: argparse.Namespace) -> tuple[Transcription, tuple[float, ...] | None]:
+    """``asr transcribe --stream``: one file through the streaming model, its partial text on
+    stderr as it changes (rewritten in place on a terminal). The result and the per-word delays
+    (None when the file failed)."""
+    from asr.audio import AudioError
+    from asr.streaming import stream_file
+    from asr.transcribe import Transcription
+
+    terminal = sys.stderr.isatty()
+    shown = ""
+
+    def show(update: StreamUpdate) -> None:
+        nonlocal shown
+        if update.text == shown:
+            return
+        shown = update.text
+        line = f"[{update.seconds:7.2f} s] {update.text}"
+        if terminal:  # the last line's tail, rewritten in place
+            width = shutil.get_terminal_size().columns - 1
+            print("\r\033[K" + (line if len(line) <= width else "…" + line[-width + 1:]), end="", file=sys.stderr,
+                  flush=True)
+        else:
+            print(line, file=sys.stderr)
+
+    try:
+        streamed = stream_file(recognizer, path, args.piece_ms / 1000, pace=not args.no_pace, on_update=show)
+    except AudioError as err:
+        return Transcription(path, error=err.reason), None
+    finally:
+        if terminal and shown:
+            print(file=sys.stderr)
+    delays = streamed.delays
+    if delays:
+        kind = "wall time, paced" if streamed.paced else "audio time"
+        print(f"{path}: word emission delay ({kind}): median {statistics.median(delays):.3f} s, "
+              f"max {max(delays):.3f} s", file=sys.stderr)
+    return streamed.result.transcription, delays
 
 
 def write_utterance_scores(path: str, report) -> None:
@@ -330,6 +390,16 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lm_pronounce(args: argparse.Namespace) -> int:
+    from asr.pronunciations import espeak_pronunciations, words_of, write_pronunciations
+
+    lexicon = espeak_pronunciations(words_of(args.words), args.cache or f"{args.out}.espeak.json")
+    write_pronunciations(args.out, lexicon)
+    print(f"{args.out}: {len(lexicon)} words pronounced by espeak-ng in the phone head's phones"
+          + (f"; {len(lexicon.skipped)} skipped" if lexicon.skipped else ""))
+    return EXIT_OK
+
+
 def cmd_lm_english(args: argparse.Namespace) -> int:
     from asr.sphinx_lm import convert_sphinx_lm, find_sphinx_lm
 
@@ -366,7 +436,18 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
     utterances = reading.utterances
     model = resolve_model(args.checkpoint)  # once: hf:// is looked up in the Hub cache (or online)
     recognizer = load_model(model, device=args.device, decoding=DecodingSettings())  # emissions only
-    identity = fingerprint(model, utterances, recognizer.window_seconds)
+    units = args.units
+    if units == "phones":
+        if recognizer.model.phone_output is None:
+            print(f"error: {args.checkpoint}: --units phones needs a model trained with a phone head "
+                  "(model.phone_ctc_weight > 0)", file=sys.stderr)
+            return EXIT_USAGE
+        if not args.lexicon:
+            print("error: --units phones needs --lexicon, a pronunciation lexicon (`asr lm pronounce LM OUT`)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    recognizer.units = units  # which output the emissions come from
+    identity = fingerprint(model, utterances, recognizer.window_seconds, units)
     emissions = load_emissions(args.emissions_cache, identity) if args.emissions_cache else None
     if emissions is None:
         labels = [f"{args.manifest}:{n}" for n in reading.line_numbers]
@@ -381,7 +462,7 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
         raise ManifestError(f"{args.manifest}: none of its utterances could be scored")
     resolve = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731  (settings outlive the cwd)
     base = DecodingSettings("beam", resolve(args.lm), resolve(args.lexicon),
-                            BeamSearchOptions(beam_size=args.beam, beam_threshold=args.beam_threshold))
+                            BeamSearchOptions(beam_size=args.beam, beam_threshold=args.beam_threshold), units)
 
     def show(row) -> None:
         print(f"  lm_weight {row.lm_weight:5.2f}  word_score {row.word_score:5.2f}  "
@@ -391,7 +472,8 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
     result = tune_lm(emissions, recognizer.vocabulary, base, args.lm_weights, args.word_scores, args.workers,
                      progress=show, metric=args.metric)
     g, best = result.greedy, result.best_row
-    print(f"greedy: WER {100 * g.words.rate:.2f} %, CER {100 * g.chars.rate:.2f} %")
+    if g is not None:
+        print(f"greedy: WER {100 * g.words.rate:.2f} %, CER {100 * g.chars.rate:.2f} %")
     print(f"best:   WER {100 * best.words.rate:.2f} %, CER {100 * best.chars.rate:.2f} % at lm_weight {best.lm_weight:g}, "
           f"word_score {best.word_score:g} (beam {args.beam})")
     if args.out:
@@ -405,12 +487,33 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from asr.export import export_onnx, export_torchscript
+    from asr.export import export_onnx, export_streaming_onnx, export_torchscript
 
     fmt = args.format or ("onnx" if args.out.endswith(".onnx") else "torchscript")
+    if args.streaming or (fmt == "onnx" and _direction(args.checkpoint) == "latency_controlled"):
+        if fmt != "onnx":
+            print("error: the streaming step is exported as ONNX (an .onnx file or --format onnx)", file=sys.stderr)
+            return EXIT_USAGE
+        path = export_streaming_onnx(args.checkpoint, args.out)
+        print(f"{path}: onnx streaming step, frames (B, N, n_mels) + num_frames (B,) + state -> log_probs "
+              "(B, chunk, V) + next state (see asr/export.py StreamingStep)")
+        return EXIT_OK
     path = export_onnx(args.checkpoint, args.out) if fmt == "onnx" else export_torchscript(args.checkpoint, args.out)
     print(f"{path}: {fmt}, waveforms (B, S) + lengths (B,) -> log_probs (B, T, V) + output_lengths (B,)")
     return EXIT_OK
+
+
+def _direction(model: str) -> str:
+    from asr.package import read_model, resolve_model
+
+    return read_model(resolve_model(model)).config.model.direction
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
 
 
 def float_list(text: str) -> list[float]:
@@ -486,6 +589,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "d1/a.json d2/a.json); inputs that would share a name keep their extension too "
                             "(a.flac a.wav -> a.flac.json a.wav.json)")
     transcribe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    transcribe.add_argument("--stream", action="store_true",
+                            help="run a streaming model (latency_controlled or unidirectional) on each file as if it "
+                            "were live: partial text on stderr as it changes, and with --format json each word's "
+                            "emitted_after (seconds from its end in the audio to its emission)")
+    transcribe.add_argument("--no-pace", action="store_true",
+                            help="with --stream: feed the audio as fast as possible instead of at real-time pace "
+                            "(emitted_after is then counted in audio: the look-ahead and piece size alone)")
+    transcribe.add_argument("--piece-ms", type=positive_float, default=100.0,
+                            help="with --stream: milliseconds of audio per piece fed (a microphone's buffer; default 100)")
     add_decoding_arguments(transcribe)
     transcribe.set_defaults(func=cmd_transcribe)
 
@@ -543,18 +655,30 @@ def build_parser() -> argparse.ArgumentParser:
     lm_english.add_argument("--source", help="the Sphinx trie model (default: pocketsphinx's en-us.lm.bin, "
                             "or Debian's pocketsphinx-en-us)")
     lm_english.set_defaults(func=cmd_lm_english)
+    lm_pronounce = lm.add_parser("pronounce", help="a pronunciation lexicon of an LM's words (or a word list) in the "
+                                 "phones of the phone head, from espeak-ng, for phone decoding (--units phones)")
+    lm_pronounce.add_argument("words", help="an ARPA LM (its words) or a word list (first field of each line)")
+    lm_pronounce.add_argument("out", help="output lexicon: 'word<TAB>phones' lines")
+    lm_pronounce.add_argument("--cache", help="JSON cache of espeak-ng's output (default: OUT.espeak.json)")
+    lm_pronounce.set_defaults(func=cmd_lm_pronounce)
 
     export = commands.add_parser("export", help="export front end + acoustic model as TorchScript or ONNX")
     export.add_argument("checkpoint")
     export.add_argument("out", help="output file (.onnx -> ONNX, else TorchScript)")
     export.add_argument("--format", choices=["torchscript", "onnx"], help="default: from the file name")
+    export.add_argument("--streaming", action="store_true",
+                        help="export a streaming model's step with its state (ONNX; the only export of a "
+                        "latency-controlled model, and an option for a unidirectional one)")
     export.set_defaults(func=cmd_export)
 
     tune = commands.add_parser("tune-lm", help="search LM weight and word score on a dev set; store the best")
     tune.add_argument("checkpoint")
     tune.add_argument("manifest", help="dev manifest (JSONL) with reference transcripts")
     tune.add_argument("--lm", required=True, help="KenLM word or character LM")
-    tune.add_argument("--lexicon", help="lexicon or word list (default: the ARPA's words)")
+    tune.add_argument("--lexicon", help="lexicon or word list (default: the ARPA's words); with --units phones a "
+                      "pronunciation lexicon (`asr lm pronounce`)")
+    tune.add_argument("--units", choices=["chars", "phones"], default="chars",
+                      help="tune decoding of the character output (default) or of the phone head (phone decoding)")
     tune.add_argument("--lm-weights", type=float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
                       help="comma-separated grid (default 0,0.25,0.5,0.75,1,1.5,2)")
     tune.add_argument("--word-scores", type=float_list, default=[-2.0, -1.0, 0.0, 1.0, 2.0],

@@ -83,13 +83,17 @@ class FeatureConfig:
     log_floor: float = 1e-10  # power floor before the log, keeps silence finite
     # global: one mean/std from the training data. utterance: first subtract each utterance's
     # own per-band mean (cepstral mean normalisation), which removes the channel and much of
-    # the speaker's spectral tilt; the global std then scales what is left.
-    normalization: Literal["global", "utterance"] = "global"
+    # the speaker's spectral tilt; the global std then scales what is left. causal: subtract the
+    # mean of the frames so far (frame t: frames 0..t), which a stream can compute as it goes;
+    # "utterance" needs the whole utterance first, so streaming models use global or causal.
+    normalization: Literal["global", "utterance", "causal"] = "global"
 
     def __post_init__(self) -> None:
         check_ranges("features", self, sample_rate=">= 1", n_fft=">= 1", hop_length=">= 1", n_mels=">= 1",
                      log_floor="> 0")
         check_ranges("features", self, win_length=f"[1, {self.n_fft}]")  # torch.stft: the window fits the FFT
+        if self.n_fft % 2:  # centred frames pad n_fft / 2 on each side: num_frames counts on it
+            raise ConfigError(f"features.n_fft must be even, got {self.n_fft}")
         nyquist = self.sample_rate / 2
         check_ranges("features", self, f_min=f"[0, {nyquist:g})", f_max=f"({self.f_min:g}, {nyquist:g}]")
 
@@ -151,8 +155,9 @@ class ModelConfig:
     phone_ctc_layer: int = 2  # 1-based recurrent layer that feeds the phone head
     # bidirectional: each layer reads the whole utterance both ways (offline only).
     # latency_controlled: LC-BLSTM (Zhang et al. 2016): the input is cut into chunks of
-    # chunk_steps; the forward direction carries its state from chunk to chunk and the backward
-    # one reads only the chunk and right_steps of look-ahead, in training as in streaming.
+    # chunk_steps; the forward direction carries its state from chunk to chunk (skipping the
+    # look-ahead, as in Xue & Yan 2017) and the backward one reads only the chunk and
+    # right_steps of look-ahead, in training as in streaming.
     # unidirectional: forward only (one direction of hidden_size units per layer).
     direction: Literal["bidirectional", "latency_controlled", "unidirectional"] = "bidirectional"
     chunk_steps: int = 20  # latency_controlled: output steps per chunk (each subsampling_factor x 10 ms)
@@ -182,6 +187,18 @@ class ModelConfig:
         """Features each recurrent layer outputs: both directions' units, or the forward one's."""
         return self.hidden_size * (1 if self.direction == "unidirectional" else 2)
 
+    def subsampling_reach_frames(self) -> int:
+        """Feature frames past a step's first frame that the subsampling front end reads (the
+        conv blocks read as far to the left, so this is also their left context)."""
+        if self.subsampling == "stack":
+            return self.subsampling_factor - 1  # the rest of the step's own stack
+        strides = prime_factors(self.subsampling_factor)
+        frames, step = 0, 1
+        for stride in [1] * (self.conv_layers - len(strides)) + strides:
+            frames += step  # one input step of this block to the right, in frames
+            step *= stride
+        return frames
+
     def lookahead_frames(self) -> int:
         """Feature frames (10 ms) past a step that its output depends on: the algorithmic latency.
 
@@ -193,14 +210,7 @@ class ModelConfig:
         """
         if self.direction == "bidirectional":
             raise ValueError("a bidirectional model reads the whole utterance: it has no bounded look-ahead")
-        if self.subsampling == "stack":
-            frames = self.subsampling_factor - 1  # the rest of the step's own stack
-        else:
-            strides = prime_factors(self.subsampling_factor)
-            frames, step = 0, 1
-            for stride in [1] * (self.conv_layers - len(strides)) + strides:
-                frames += step  # one input step of this block to the right, in frames
-                step *= stride
+        frames = self.subsampling_reach_frames()
         if self.direction == "latency_controlled":
             frames += (self.chunk_steps - 1 + self.right_steps) * self.subsampling_factor
         return frames

@@ -162,6 +162,9 @@ class DecodingSettings:
     lm: str | None = None  # KenLM word LM (ARPA or binary) or character LM (ARPA); None = no LM
     lexicon: str | None = None  # lexicon or word list; None = the ARPA's words (or lexicon-free)
     beam: BeamSearchOptions = BeamSearchOptions()  # beam search options
+    # chars: the character output. phones: the phone head (models trained with a phone CTC
+    # loss) through ``lexicon``, a pronunciation lexicon (`asr lm pronounce`), and the word LM.
+    units: Literal["chars", "phones"] = "chars"
 
     def describe(self, relative_to: str | Path | None = None) -> str:
         """One line for logs and model cards; ``relative_to``: name the LM and lexicon files
@@ -178,7 +181,7 @@ class DecodingSettings:
                 return Path(file).name
 
         b = self.beam
-        parts = [f"beam {b.beam_size}"]
+        parts = [f"beam {b.beam_size}" + (" over phones" if self.units == "phones" else "")]
         if self.lm:
             parts.append(f"LM {shown(self.lm)} (weight {b.lm_weight:g}, word score {b.word_score:g})")
         if self.lexicon:
@@ -223,6 +226,15 @@ def load_decoding_settings(path: str | Path) -> DecodingSettings:
 
 def build_decoder(vocabulary: CharVocabulary, settings: DecodingSettings) -> Decoder:
     """The decoder ``settings`` describe; raises LanguageModelError for unusable LM/lexicon files."""
+    if settings.units == "phones":
+        from asr.lm import LanguageModelError
+        from asr.phone_decoding import PhoneLexiconDecoder
+        from asr.pronunciations import read_pronunciations
+
+        if settings.method != "beam" or not settings.lexicon:
+            raise LanguageModelError("phone decoding is a beam search through a pronunciation lexicon: give --lexicon "
+                                     "(`asr lm pronounce` writes one for an LM's words)")
+        return PhoneLexiconDecoder(read_pronunciations(settings.lexicon), settings.beam, lm=settings.lm)
     if settings.method == "greedy":
         return GreedyDecoder(vocabulary)
     from asr.lm import read_lexicon

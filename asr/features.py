@@ -91,14 +91,20 @@ class LogMel(nn.Module):
         """
         if torch.onnx.is_in_onnx_export():
             return self._mel_power_real(waveforms)
+        half = self.config.n_fft // 2  # centred frames: zeros before the first sample and after the last
+        return self.padded_mel_power(nn.functional.pad(waveforms.float(), (half, half)), mel_basis)
+
+    def padded_mel_power(self, padded: torch.Tensor, mel_basis: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, num_samples) samples that already carry the centring zeros -> (B, T, n_mels), frame t
+        over samples [t * hop, t * hop + n_fft). The streaming front end (asr/streaming.py) calls
+        this on each new stretch of a stream, so its frames are the whole file's."""
         spec = torch.stft(
-            waveforms.float(),
+            padded,
             n_fft=self.config.n_fft,
             hop_length=self.config.hop_length,
             win_length=self.config.win_length,
             window=self.window,
-            center=True,
-            pad_mode="constant",
+            center=False,
             return_complex=True,
         )  # (B, n_fft // 2 + 1, T)
         power = spec.real.square() + spec.imag.square()
@@ -128,8 +134,11 @@ class LogMel(nn.Module):
         self, waveforms: torch.Tensor, lengths: torch.Tensor, mel_basis: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, num_samples), (B,) -> log-mel (B, T, n_mels), frame lengths (B,)."""
-        log_mel = self.mel_power(waveforms, mel_basis).clamp_min(self.config.log_floor).log()
-        return log_mel, self.config.num_frames(lengths)
+        return self.log(self.mel_power(waveforms, mel_basis)), self.config.num_frames(lengths)
+
+    def log(self, mel_power: torch.Tensor) -> torch.Tensor:
+        """Mel power -> log-mel, floored so that silence stays finite."""
+        return mel_power.clamp_min(self.config.log_floor).log()
 
 
 class GlobalNormalizer(nn.Module):
@@ -159,6 +168,27 @@ def subtract_utterance_mean(features: torch.Tensor, lengths: torch.Tensor) -> to
     total = (features * valid).sum(dim=1, keepdim=True)  # (B, 1, F)
     mean = total / lengths.clamp_min(1)[:, None, None].to(features.dtype)  # (B, 1, F)
     return (features - mean) * valid
+
+
+def remove_running_mean(features: torch.Tensor, prior_sum: torch.Tensor | None = None,
+                        prior_count: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subtract from each frame the per-band mean of the frames up to and including it, after
+    ``prior_count`` earlier frames summing to ``prior_sum`` (B, F): the causal normalisation a
+    stream can compute, continued from where the previous piece left it. (B, T, F) ->
+    normalised (B, T, F) and the running sums (B, T, F) in float64 (the last is the next prior)."""
+    batch, time, bands = features.shape
+    sums = features.double().cumsum(dim=1)  # (B, T, F)
+    if prior_sum is not None:
+        sums = sums + prior_sum[:, None, :]
+    counts = torch.arange(1, time + 1, device=features.device, dtype=torch.float64)[None, :]  # (1, T)
+    counts = counts + torch.as_tensor(prior_count, device=features.device).double().reshape(-1, 1)  # (B or 1, T)
+    return features - (sums / counts[:, :, None]).to(features.dtype), sums
+
+
+def subtract_running_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """:func:`remove_running_mean` over padded utterances; padding stays zero."""
+    valid = valid_frames(lengths, features.shape[1], features.device)[:, :, None]  # (B, T, 1)
+    return remove_running_mean(features)[0] * valid
 
 
 class StatsAccumulator:
@@ -236,7 +266,7 @@ class FeatureFrontend(nn.Module):
 
     def __init__(self, config: FeatureConfig) -> None:
         super().__init__()
-        self.per_utterance_mean = config.normalization == "utterance"
+        self.mean_removal = config.normalization  # "global": none before the global statistics
         self.log_mel = LogMel(config)
         self.normalizer = GlobalNormalizer(config.n_mels)
 
@@ -245,8 +275,10 @@ class FeatureFrontend(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel features before the global statistics: what those statistics are estimated on."""
         features, frame_lengths = self.log_mel(waveforms, lengths, mel_basis)
-        if self.per_utterance_mean:
+        if self.mean_removal == "utterance":
             features = subtract_utterance_mean(features, frame_lengths)
+        elif self.mean_removal == "causal":
+            features = subtract_running_mean(features, frame_lengths)
         return features, frame_lengths
 
     @torch.no_grad()

@@ -8,13 +8,17 @@ relative to the segment's own loudness and the stream's noise floor, so a quiet 
 and a loud one both work. A segment that reaches the model's window length without a pause
 is cut at its quietest point, as long files are.
 
-A bidirectional model needs the whole segment, so each interim decodes the segment again;
-a model that streams (latency-controlled LSTM, issue 21) would replace :meth:`_decode`
-with its own incremental state and leave the segmentation as it is.
+A bidirectional model needs the whole segment, so each interim decodes the segment again.
+A model that streams (latency-controlled or unidirectional, asr/streaming.py) instead feeds
+each segment's audio into a :class:`~asr.streaming.RecognitionStream` as it arrives: every
+call's new audio is computed once, interim text follows the audio within the model's
+look-ahead (sent whenever it changes), and the final is the stream's own result. The
+segmentation is the same for both.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,6 +31,7 @@ from asr.transcribe import TimedWord, plan_windows, smoothed_power
 from asr.writers import word_record
 
 if TYPE_CHECKING:
+    from asr.streaming import RecognitionStream
     from asr.transcribe import SpeechRecognizer
 
 FRAME_SECONDS = 0.01  # smoothed_power's frame hop
@@ -35,12 +40,12 @@ EDGE_FRAMES = 5  # smoothed_power's frames this close to the buffer's ends are a
 
 @dataclass(frozen=True)
 class LiveOptions:
-    interim_interval_s: float = 0.5  # the open segment is re-decoded after at most this much new audio
+    interim_interval_s: float = 0.5  # bidirectional: re-decode the open segment after at most this much new audio
     pause_seconds: float = 0.6  # this much quiet after speech ends a segment
     quiet_ratio: float = 0.03  # quiet: 100 ms power below this share of the segment's loudest (about -15 dB) ...
     noise_margin: float = 10.0  # ... or below this multiple of the stream's noise floor (10 dB)
     lead_in_seconds: float = 0.3  # audio kept before speech as the segment's start (models saw pauses in training)
-    max_segment_seconds: float | None = None  # None: the recognizer's window_seconds (the longest it was trained on)
+    max_segment_seconds: float | None = None  # bidirectional: None = the recognizer's window_seconds; streams: no cap
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,19 @@ class LiveTranscriber:
         # Incremental resampling: pieces of any size give the same samples as the whole stream.
         self._resampler = soxr.ResampleStream(self.input_rate, self.rate, 1, dtype="float32") \
             if self.input_rate != self.rate else None
-        self.max_segment_seconds = options.max_segment_seconds or recognizer.window_seconds
+        self.streaming = recognizer.streams  # the model runs on the audio as it arrives
+        # A bidirectional model is given at most its window (what it was trained on); a stream has no
+        # window to respect, and cutting it would split the word that is being spoken.
+        self.max_segment_seconds = math.inf if self.streaming else \
+            options.max_segment_seconds or recognizer.window_seconds
         self._segment = _Segment()
         self._segment_start = 0  # stream sample where the open segment's buffer begins
         self._decoded_end = 0  # stream sample the last decode reached
         self._number = 0
         self._noise_floor = np.inf  # lowest 100 ms power seen so far
+        self._stream: RecognitionStream | None = None  # the open segment's stream (streaming models)
+        self._fed = 0  # buffer samples given to it
+        self._interim_text = ""  # the open segment's last interim text
 
     @property
     def seconds(self) -> float:
@@ -162,7 +174,7 @@ class LiveTranscriber:
             pause_frames = int(self.options.pause_seconds / FRAME_SECONDS)
             quiet_after = np.diff(np.append(speech, judged_end)) - 1
             paused = np.flatnonzero(quiet_after >= pause_frames)
-            longest = int(self.max_segment_seconds * self.rate)
+            longest = self.max_segment_seconds * self.rate
             if len(paused) or final:
                 speech_end = (speech[paused[0]] + 1) * hop if len(paused) else (speech[-1] + 1) * hop
                 # The segment ends halfway into the pause, so the next keeps the rest as its lead-in.
@@ -176,8 +188,15 @@ class LiveTranscriber:
                 continue
             if final:
                 return updates
-            if self._segment_start + len(buffer) - self._decoded_end >= self.options.interim_interval_s * self.rate:
+            if self.streaming:  # the new audio goes in now; an interim whenever the text changes
+                update = self._interim(buffer)
+                if update.text != self._interim_text:
+                    self._interim_text = update.text
+                    self._segment.interims += 1
+                    updates.append(update)
+            elif self._segment_start + len(buffer) - self._decoded_end >= self.options.interim_interval_s * self.rate:
                 updates.append(self._interim(buffer))
+                self._segment.interims += 1
             return updates
 
     def _drop_before(self, position: int) -> None:
@@ -185,6 +204,7 @@ class LiveTranscriber:
         if position <= 0:
             return
         buffer = self._buffer()[position:]
+        self._stream, self._fed = None, 0  # a stream starts with the segment's first sample: start again
         self._segment_start += position
         self._segment = _Segment([buffer] if len(buffer) else [], len(buffer), self._segment.interims)
 
@@ -197,19 +217,42 @@ class LiveTranscriber:
             raise RuntimeError(f"live recognition failed: {result.error}")
         return result, time.perf_counter() - began
 
+    def _feed(self, buffer: np.ndarray, end: int) -> float:
+        """Give the open segment's stream its buffer up to ``end``; the wall time it took."""
+        began = time.perf_counter()
+        if self._stream is None:
+            self._stream, self._fed = self.recognizer.stream(name="<live>"), 0
+        if end > self._fed:
+            self._stream.accept(buffer[self._fed:end])
+            self._fed = end
+        return time.perf_counter() - began
+
     def _interim(self, buffer: np.ndarray) -> LiveUpdate:
-        result, seconds = self._decode(buffer)
+        if self.streaming:
+            seconds = self._feed(buffer, len(buffer))
+            text = self._stream.partial_text  # type: ignore[union-attr]
+        else:
+            result, seconds = self._decode(buffer)
+            text = result.text
         self._decoded_end = self._segment_start + len(buffer)
-        self._segment.interims += 1
         start = self._segment_start / self.rate
-        return LiveUpdate("interim", self._number, result.text, start, start + len(buffer) / self.rate,
+        return LiveUpdate("interim", self._number, text, start, start + len(buffer) / self.rate,
                           decode_seconds=seconds)
 
     def _final(self, buffer: np.ndarray, cut: int, speech_end: int | None) -> LiveUpdate:
         """Close the segment at buffer sample ``cut``; what follows starts the next one."""
         start = self._segment_start / self.rate
-        if cut > 0:
+        if self.streaming and cut > 0:
+            # Audio already in the stream stays in this segment: with no cap on a stream's length
+            # that is only the quiet past a pause, fed before the pause was long enough to judge.
+            cut = max(cut, self._fed)
+            seconds = self._feed(buffer, cut)
+            began = time.perf_counter()
+            result = self._stream.finish().transcription  # type: ignore[union-attr]
+            seconds += time.perf_counter() - began
+        elif cut > 0:
             result, seconds = self._decode(buffer[:cut])
+        if cut > 0:
             text = result.text
             words = tuple(TimedWord(w.word, round(float(w.start) + start, 3), round(float(w.end) + start, 3), w.confidence)
                           for w in result.words)
@@ -222,4 +265,5 @@ class LiveTranscriber:
         self._segment_start += cut
         self._decoded_end = self._segment_start  # the next segment's first interim waits for its own audio
         self._segment = _Segment([rest] if len(rest) else [], len(rest))
+        self._stream, self._fed, self._interim_text = None, 0, ""
         return update

@@ -65,7 +65,7 @@ async def live_session(websocket: WebSocket, context: ServerContext, options: Li
         raise WebSocketDisconnect(first.get("code", 1000))
     rate = _start_rate(first)
     transcriber = LiveTranscriber(context.recognizer, rate, options)
-    await websocket.send_json({"type": "ready", "sample_rate": rate, "streaming": False,
+    await websocket.send_json({"type": "ready", "sample_rate": rate, "streaming": transcriber.streaming,
                                "interim_interval_s": options.interim_interval_s,
                                "pause_seconds": options.pause_seconds})
     queued: list[np.ndarray] = []

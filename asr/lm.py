@@ -21,7 +21,7 @@ import random
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -77,6 +77,35 @@ def lexicon_from_words(words: Iterable[str], vocabulary: CharVocabulary) -> Lexi
     return Lexicon({w: tuple(s) for w, s in spellings.items()}, tuple(skipped))
 
 
+def parse_lexicon(path: str | Path, what: str, spell: Callable[[str, list[str]], tuple[int, ...] | None],
+                  empty_hint: str = "") -> Lexicon:
+    """Read ``WORD FIELD...`` lines: ``spell(normalised word, fields)`` gives the word's token
+    ids, or None to skip the line (listed in ``Lexicon.skipped``). A word keeps each distinct
+    spelling once: the same one twice would count its word twice in the search."""
+    path = Path(path)
+    try:
+        lines = _read_text_lines(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise LanguageModelError(f"{path}: cannot read {what} ({err})") from err
+    spellings: dict[str, list[tuple[int, ...]]] = {}
+    skipped: list[str] = []
+    for line in lines:
+        fields = line.split()
+        if not fields:
+            continue
+        word = normalize_text(fields[0])
+        spelling = spell(word, fields[1:]) if word and " " not in word else None
+        if spelling is None:
+            skipped.append(fields[0])
+            continue
+        known = spellings.setdefault(word, [])
+        if spelling not in known:
+            known.append(spelling)
+    if not spellings:
+        raise LanguageModelError(f"{path}: no usable words in {what}{empty_hint}")
+    return Lexicon({w: tuple(s) for w, s in spellings.items()}, tuple(skipped))
+
+
 def read_lexicon(path: str | Path, vocabulary: CharVocabulary) -> Lexicon:
     """Read a lexicon file: ``WORD [SPELLING...]`` per line, or a plain word list.
 
@@ -85,32 +114,15 @@ def read_lexicon(path: str | Path, vocabulary: CharVocabulary) -> Lexicon:
     LibriSpeech's ``HELLO HH AH0 L OW1``) the word is spelled with its own characters, which is
     what a character CTC model emits.
     """
-    path = Path(path)
-    try:
-        lines = _read_text_lines(path)
-    except (OSError, UnicodeDecodeError) as err:
-        raise LanguageModelError(f"{path}: cannot read lexicon ({err})") from err
-    spellings: dict[str, list[tuple[int, ...]]] = {}
-    skipped: list[str] = []
-    for line in lines:
-        fields = line.split()
-        if not fields:
-            continue
-        word = normalize_text(fields[0])
-        if not word or " " in word or vocabulary.unknown_characters(word):
-            skipped.append(fields[0])
-            continue
-        letters = [normalize_text(f) for f in fields[1:]]
+    def spell(word: str, fields: list[str]) -> tuple[int, ...] | None:
+        if vocabulary.unknown_characters(word):
+            return None
+        letters = [normalize_text(f) for f in fields]
         if letters and all(len(c) == 1 and not vocabulary.unknown_characters(c) for c in letters):
-            spelling = tuple(vocabulary.encode("".join(letters)))
-        else:
-            spelling = tuple(vocabulary.encode(word))
-        known = spellings.setdefault(word, [])
-        if spelling not in known:
-            known.append(spelling)
-    if not spellings:
-        raise LanguageModelError(f"{path}: no usable words in lexicon")
-    return Lexicon({w: tuple(s) for w, s in spellings.items()}, tuple(skipped))
+            return tuple(vocabulary.encode("".join(letters)))
+        return tuple(vocabulary.encode(word))
+
+    return parse_lexicon(path, "lexicon", spell)
 
 
 def arpa_vocabulary(path: str | Path) -> list[str]:

@@ -14,6 +14,8 @@ from asr.features import valid_frames
 from asr.phones import NUM_PHONE_LABELS
 
 RNN_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+# A recurrent layer's state: (h, c) for an LSTM, h for a GRU or plain RNN; each (1, B, H).
+RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -172,6 +174,11 @@ class UnidirectionalRNN(RecurrentLayer):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, packed: bool = False) -> torch.Tensor:
         return self._run(self.forward_rnn, x)  # (B, T, H): padding comes after the valid frames
 
+    def step(self, x: torch.Tensor, state: RecurrentState | None = None) -> tuple[torch.Tensor, RecurrentState]:
+        """Continue a stream: new steps (B, n, C) and the state after the previous ones (None at
+        the start) -> outputs (B, n, H) and the state after these."""
+        return self.forward_rnn(x, state)
+
 
 def chunk_windows(x: torch.Tensor, lengths: torch.Tensor, chunk: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, C) -> windows (B, K, chunk + right, C), K = ceil(T / chunk): window k holds chunk k
@@ -192,13 +199,17 @@ def chunk_main_frames(windows: torch.Tensor, chunk: int, time: int) -> torch.Ten
 
 
 class LatencyControlledRNN(RecurrentLayer):
-    """One latency-controlled bidirectional layer (LC-BLSTM; Zhang et al. 2016) over chunk windows.
+    """One latency-controlled bidirectional layer (LC-BLSTM) over chunk windows.
 
-    The forward direction runs chunk after chunk, carrying its state, and from each chunk's
-    end state also over that window's look-ahead steps (whose state is then dropped); the
-    backward direction reads each window (chunk + look-ahead) reversed, from a zero state.
-    So a chunk's outputs depend on nothing past its look-ahead: exactly what a stream can
-    compute once the look-ahead has arrived. (B, K, W, C) -> (B, K, W, 2H), W = chunk + right.
+    The forward direction runs over the chunks in order, carrying its state from each to the
+    next; the backward direction reads each window (chunk + look-ahead) reversed, from a zero
+    state. So a chunk's outputs depend on nothing past its look-ahead: exactly what a stream
+    can compute once the look-ahead has arrived. As in Xue & Yan's (2017) cheaper variant,
+    the forward direction skips the look-ahead steps (their forward half is zero; the layer
+    above reads them through the backward half): the carried state then never forks, so one
+    call covers every chunk of an utterance, as for a plain LSTM, where Zhang et al.'s (2016)
+    forward pass over each look-ahead needs a small call per chunk (RESULTS.md, "Streaming",
+    has both). (B, K, W, C) -> (B, K, W, 2H), W = chunk + right.
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, chunk: int, weight_dropout: float = 0.0) -> None:
@@ -208,33 +219,24 @@ class LatencyControlledRNN(RecurrentLayer):
         self.weight_dropout = weight_dropout
         self.chunk = chunk
 
-    def _call(self, rnn: nn.RNNBase, weights: dict[str, torch.Tensor], inputs: torch.Tensor, state=None):
-        return torch.func.functional_call(rnn, weights, (inputs, state))
+    def _call(self, rnn: nn.RNNBase, inputs: torch.Tensor, state: RecurrentState | None = None):
+        if self.training and self.weight_dropout > 0:
+            return torch.func.functional_call(rnn, self._weights(rnn), (inputs, state))
+        return rnn(inputs, state)  # a plain call: also what an int8-quantised cell (no parameters to lend) takes
 
-    def forward(self, windows: torch.Tensor, window_lengths: torch.Tensor, state=None):  # type: ignore[override]
+    def forward(self, windows: torch.Tensor, window_lengths: torch.Tensor,  # type: ignore[override]
+                state: RecurrentState | None = None) -> tuple[torch.Tensor, RecurrentState]:
         """Windows (B, K, W, C) and lengths (B, K) -> outputs (B, K, W, 2H) and the forward
         direction's state after the last chunk (to continue a stream from)."""
         batch, count, width, channels = windows.shape
         chunk, right = self.chunk, width - self.chunk
-        forward_weights, backward_weights = self._weights(self.forward_rnn), self._weights(self.backward_rnn)
-        main, ends = [], []
-        for k in range(count):  # the carried state makes the chunks sequential
-            output, state = self._call(self.forward_rnn, forward_weights, windows[:, k, :chunk], state)
-            main.append(output)  # (B, chunk, H)
-            ends.append(state)
-        forward = torch.stack(main, dim=1)  # (B, K, chunk, H)
-        if right:
-            def per_window(states: list[torch.Tensor]) -> torch.Tensor:
-                return torch.stack(states, dim=2).reshape(1, batch * count, -1)  # (1, B, K, H) -> (1, B * K, H)
-
-            starts = tuple(per_window([s[i] for s in ends]) for i in range(2)) if isinstance(state, tuple) \
-                else per_window(ends)
-            look_ahead = windows[:, :, chunk:].reshape(batch * count, right, channels)  # (B * K, right, C)
-            output, _ = self._call(self.forward_rnn, forward_weights, look_ahead, starts)
-            forward = torch.cat([forward, output.reshape(batch, count, right, -1)], dim=2)  # (B, K, W, H)
+        main = windows[:, :, :chunk].reshape(batch, count * chunk, channels)  # (B, K * chunk, C): the chunks in order
+        forward, state = self._call(self.forward_rnn, main, state)  # (B, K * chunk, H)
+        forward = forward.reshape(batch, count, chunk, -1)  # (B, K, chunk, H)
+        forward = nn.functional.pad(forward, (0, 0, 0, right))  # (B, K, W, H): zero over the look-ahead
         flat = windows.reshape(batch * count, width, channels)  # (B * K, W, C)
         flat_lengths = window_lengths.reshape(batch * count)
-        backward, _ = self._call(self.backward_rnn, backward_weights, reverse_within_lengths(flat, flat_lengths))
+        backward, _ = self._call(self.backward_rnn, reverse_within_lengths(flat, flat_lengths))
         backward = reverse_within_lengths(backward, flat_lengths).reshape(batch, count, width, -1)  # (B, K, W, H)
         return torch.cat([forward, backward], dim=-1), state
 
@@ -300,22 +302,30 @@ class AcousticModel(nn.Module):
             return logits.float().log_softmax(dim=-1), lengths, phone_log_probs
         return logits.float().log_softmax(dim=-1), lengths
 
+    def can_stream(self) -> bool:
+        """Whether this model can run on a stream (every step reads a bounded look-ahead)."""
+        return self.config.direction != "bidirectional"
+
     def forward_window(self, window: torch.Tensor, length: torch.Tensor,
                        states: list | None = None) -> tuple[torch.Tensor, list]:
-        """One chunk of a stream through a latency-controlled model: subsampled steps
-        (B, chunk + right, D) with valid lengths (B,), and each layer's forward state after the
-        previous chunk (None at the start) -> log-probs of the chunk's own steps (B, chunk, V)
-        and the states to pass with the next chunk. Chunk after chunk this computes exactly
-        what :meth:`forward` computes over the whole utterance."""
-        if self.config.direction != "latency_controlled":
-            raise ValueError(f"forward_window is for latency_controlled models, not {self.config.direction}")
+        """The next piece of a stream through a streaming model, given each layer's forward
+        state after the previous piece (None at the start). Returns the piece's own log-probs
+        and the states to pass with the next piece; piece after piece this computes exactly
+        what :meth:`forward` computes over the whole utterance.
+
+        latency_controlled: one window, subsampled steps (B, chunk + right, D) with valid
+        lengths (B,) -> log-probs of the chunk's steps (B, chunk, V).
+        unidirectional: any number of new steps (B, n, D) -> (B, n, V); ``length`` is unused.
+        """
+        if not self.can_stream():
+            raise ValueError("a bidirectional model reads the whole utterance: it cannot stream")
         states = states or [None] * len(self.layers)
-        x = window[:, None]  # (B, 1, W, D): one window
+        chunked = self.config.direction == "latency_controlled"
+        x = window[:, None] if chunked else window  # (B, 1, W, D): one window; or (B, n, D)
         next_states = []
         for layer, norm, state in zip(self.layers, self.norms, states):
-            output, state = layer(x, length[:, None], state)
-            x = self.dropout(norm(output))  # (B, 1, W, 2H)
+            output, state = layer(x, length[:, None], state) if chunked else layer.step(x, state)
+            x = self.dropout(norm(output))  # (B, 1, W, 2H) or (B, n, H)
             next_states.append(state)
-        logits = self.output(x[:, 0, : self.config.chunk_steps])  # (B, chunk, V)
-        return logits.float().log_softmax(dim=-1), next_states
-
+        own = x[:, 0, : self.config.chunk_steps] if chunked else x  # (B, chunk, C) or (B, n, C)
+        return self.output(own).float().log_softmax(dim=-1), next_states

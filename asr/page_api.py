@@ -57,7 +57,7 @@ def add_page_routes(app: FastAPI, context: ServerContext, live: LiveOptions) -> 
             "max_upload_mb": options.max_upload_mb,
             "low_confidence": options.low_confidence,
             "decoding": recognizer.decoding.describe(),
-            "live": {"available": options.max_live > 0, "streaming": False,
+            "live": {"available": options.max_live > 0, "streaming": recognizer.streams,
                      "interim_interval_s": live.interim_interval_s, "pause_seconds": live.pause_seconds},
             "inspect": {"available": unavailable is None, "reason": unavailable, "max_seconds": MAX_INSPECT_SECONDS},
         }

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from asr.model import AcousticModel
 from asr.text import CharVocabulary
 from asr.precision import PrecisionFallbackWarning, usable_precision
 from asr.threads import adjust_threads
+
+if TYPE_CHECKING:
+    from asr.streaming import RecognitionStream
 
 # Audio seconds per inference batch: bounds memory while keeping the LSTM's matrices large.
 BATCH_SECONDS = 120.0
@@ -113,6 +117,7 @@ class SpeechRecognizer:
         self._window_seconds: float | None = None  # set by the user; None: from max_train_seconds
         self.precision = "fp32"  # bf16: the acoustic model runs under bf16 autocast
         self.decoding_problem: str | None = None  # why the asked-for decoding fell back to greedy
+        self.units = "chars"  # the output emissions come from: chars, or the phone head (phone decoding)
 
     @property
     def sample_rate(self) -> int:
@@ -137,6 +142,33 @@ class SpeechRecognizer:
     def window_seconds(self, seconds: float) -> None:
         self._window_seconds = seconds
 
+    @property
+    def streaming_problem(self) -> str | None:
+        """Why this recognizer cannot transcribe a stream as it arrives (:meth:`stream`), or None."""
+        config = self.config
+        if not self.model.can_stream():
+            return ("this model is bidirectional: each output reads the whole utterance, so it cannot stream; train "
+                    "with model.direction=latency_controlled (or unidirectional)")
+        if config.features.normalization == "utterance":
+            return ("this model's features subtract the mean of the whole utterance (features.normalization="
+                    "utterance), which a stream does not have yet; streaming models use global or causal")
+        if self.units != "chars":
+            return ("a stream decodes the character output; phone decoding (--units phones, or tuned) reads whole "
+                    "utterances: decode this model with --greedy or a character or word LM to stream it")
+        return None
+
+    @property
+    def streams(self) -> bool:
+        """Whether :meth:`stream` works (:attr:`streaming_problem` says why not)."""
+        return self.streaming_problem is None
+
+    def stream(self, name: str = "<stream>") -> RecognitionStream:
+        """A stream to feed samples into as they arrive (asr/streaming.py). Raises
+        :class:`asr.streaming.StreamingError` when the model or its features cannot stream."""
+        from asr.streaming import RecognitionStream
+
+        return RecognitionStream(self, name)
+
     def use_decoding(self, settings: DecodingSettings, workers: int = 1) -> str | None:
         """Switch decoders. An unusable LM or lexicon falls back to greedy decoding: the
         returned message says why (None when ``settings`` were applied as given)."""
@@ -144,10 +176,14 @@ class SpeechRecognizer:
 
         self.workers = workers
         try:
+            if settings.units == "phones" and self.model.phone_output is None:
+                raise LanguageModelError("phone decoding needs a model trained with a phone head (model.phone_ctc_weight "
+                                         "> 0); this one has none")
             self.decoder, self.decoding = build_decoder(self.vocabulary, settings), settings
+            self.units = settings.units
             return None
         except LanguageModelError as err:
-            self.decoder, self.decoding = GreedyDecoder(self.vocabulary), DecodingSettings()
+            self.decoder, self.decoding, self.units = GreedyDecoder(self.vocabulary), DecodingSettings(), "chars"
             return f"{err}; falling back to greedy decoding"
 
     @torch.inference_mode()
@@ -157,7 +193,10 @@ class SpeechRecognizer:
         padded = torch.nn.utils.rnn.pad_sequence(list(waveforms), batch_first=True).to(self.device)  # (B, S)
         features, frame_lengths = self.frontend(padded, lengths)  # features stay fp32 (log of small powers)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            log_probs, output_lengths = self.model(features, frame_lengths)
+            if self.units == "phones":  # the phone head's (B, T, P), for phone decoding
+                _, output_lengths, log_probs = self.model(features, frame_lengths, with_phones=True)
+            else:
+                log_probs, output_lengths = self.model(features, frame_lengths)
         return log_probs.float(), output_lengths
 
     def emission_matrices(self, waveforms: Sequence[torch.Tensor]) -> list[np.ndarray | str]:

@@ -35,6 +35,7 @@ class Emissions:
     failed: list[str]  # "utterance id: reason" for audio that could not be read or scored
     seconds_per_step: float  # output step length and ...
     sample_rate: int  # ... audio rate: windows' words are placed and joined as `asr evaluate` does
+    units: str = "chars"  # the output they come from: chars, or the phone head
 
     @property
     def matrices(self) -> list[np.ndarray]:
@@ -50,12 +51,15 @@ def decode_texts(emissions: Emissions, decoder: Decoder | ParallelDecoder) -> li
             for file, best in zip(emissions.files, hypotheses)]
 
 
-def fingerprint(checkpoint: str | Path, utterances: Sequence[Utterance], window_seconds: float | None = None) -> str:
+def fingerprint(checkpoint: str | Path, utterances: Sequence[Utterance], window_seconds: float | None = None,
+                units: str = "chars") -> str:
     from asr.package import weights_file
 
     stat = os.stat(weights_file(checkpoint))  # a checkpoint file, or a model folder's weights
     digest = hashlib.sha1(f"{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     digest.update(f"windows {window_seconds}|emissions v2\n".encode())  # v2: windowed, normalised references
+    if units != "chars":
+        digest.update(f"units {units}\n".encode())
     for u in utterances:
         digest.update(f"{u.id}|{u.audio}|{u.text}\n".encode())
     return digest.hexdigest()
@@ -79,7 +83,7 @@ def compute_emissions(recognizer: SpeechRecognizer, utterances: Sequence[Utteran
     failed += [f"{utt.id}: {f}" for (utt, _, _), f in zip(kept, files) if isinstance(f, str)]
     ok = [(utt, reference, f) for (utt, reference, _), f in zip(kept, files) if isinstance(f, FileEmissions)]
     return Emissions([u.id for u, _, _ in ok], [r for _, r, _ in ok], [f for _, _, f in ok], fingerprint, failed,
-                     recognizer.seconds_per_step, recognizer.sample_rate)
+                     recognizer.seconds_per_step, recognizer.sample_rate, recognizer.units)
 
 
 def save_emissions(path: str | Path, emissions: Emissions) -> None:
@@ -90,7 +94,8 @@ def save_emissions(path: str | Path, emissions: Emissions) -> None:
                     "failed": emissions.failed, "matrices": [torch.from_numpy(m) for m in emissions.matrices],
                     "windows": [[(w.start, w.end, w.keep_start, w.keep_end) for w in f.windows] for f in emissions.files],
                     "durations": [f.duration for f in emissions.files],
-                    "seconds_per_step": emissions.seconds_per_step, "sample_rate": emissions.sample_rate}, out)
+                    "seconds_per_step": emissions.seconds_per_step, "sample_rate": emissions.sample_rate,
+                    "units": emissions.units}, out)
 
 
 def load_emissions(path: str | Path, expected_fingerprint: str) -> Emissions | None:
@@ -105,7 +110,7 @@ def load_emissions(path: str | Path, expected_fingerprint: str) -> Emissions | N
     files = [FileEmissions(tuple(Window(*w) for w in windows), tuple(next(matrices) for _ in windows), duration)
              for windows, duration in zip(data["windows"], data["durations"])]
     return Emissions(data["ids"], data["references"], files, data["fingerprint"], data["failed"],
-                     data["seconds_per_step"], data["sample_rate"])
+                     data["seconds_per_step"], data["sample_rate"], data.get("units", "chars"))
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ class TuningRow:
 
 @dataclass
 class TuningResult:
-    greedy: TuningRow  # the baseline, for reference
+    greedy: TuningRow | None  # the greedy baseline, for reference (None for phones: greedy phones are not words)
     rows: list[TuningRow]  # every pair tried
     best_row: TuningRow  # the pair with the lowest WER then CER (or CER then WER) ...
     best: DecodingSettings  # ... as settings, ready to save
@@ -150,10 +155,12 @@ def tune_lm(
 
     ``metric`` ranks the pairs: WER for word LMs, usually CER for a character LM.
     """
-    greedy = GreedyDecoder(vocabulary)
-    baseline = score(emissions, decode_texts(emissions, greedy))
+    if base.units != emissions.units:
+        raise ValueError(f"{base.units} decoding cannot read emissions of the {emissions.units} output")
+    baseline = score(emissions, decode_texts(emissions, GreedyDecoder(vocabulary))) if emissions.units == "chars" \
+        else None
     template = build_decoder(vocabulary, replace(base, method="beam"))
-    assert isinstance(template, BeamSearchDecoder)
+    assert isinstance(template, BeamSearchDecoder)  # PhoneLexiconDecoder is one too
     rows: list[TuningRow] = []
     for lm_weight, word_score in itertools.product(lm_weights, word_scores):
         options = replace(base.beam, lm_weight=lm_weight, word_score=word_score, nbest=1)

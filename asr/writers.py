@@ -63,22 +63,26 @@ def word_record(word: TimedWord) -> dict:
     return {"word": word.word, "start": word.start, "end": word.end, "confidence": word.confidence}
 
 
-def json_record(result: Transcription) -> dict:
-    """The JSON form of one result: text, duration and timed words, or the error."""
+def json_record(result: Transcription, delays: Sequence[float] | None = None) -> dict:
+    """The JSON form of one result: text, duration and timed words, or the error. ``delays``
+    (streaming): per word, the seconds from its end to its emission, as ``emitted_after``."""
     if not result.ok:
         record: dict = {"path": result.path, "error": result.error}
     else:
         words = [word_record(w) for w in result.words]
+        if delays is not None:
+            words = [dict(w, emitted_after=d) for w, d in zip(words, delays)]
         record = {"path": result.path, "text": result.text, "duration": round(result.duration, 3), "words": words}
     if result.warnings:
         record["warnings"] = list(result.warnings)
     return record
 
 
-def render(result: Transcription, fmt: str) -> str:
-    """A successful result in ``fmt`` (one of FORMATS), ending in a newline."""
+def render(result: Transcription, fmt: str, delays: Sequence[float] | None = None) -> str:
+    """A successful result in ``fmt`` (one of FORMATS), ending in a newline; ``delays`` as for
+    :func:`json_record` (json only)."""
     if fmt == "json":
-        output = json.dumps(json_record(result), ensure_ascii=False)
+        output = json.dumps(json_record(result, delays), ensure_ascii=False)
     elif fmt in ("srt", "vtt"):
         cues = subtitle_cues(result.words)
         output = format_srt(cues) if fmt == "srt" else format_vtt(cues)

@@ -204,3 +204,52 @@ def test_streams_beyond_the_limit_are_told_to_come_back(client: TestClient) -> N
     with client.websocket_connect("/api/live") as again:  # the slots are free again
         again.send_text(json.dumps({"type": "start", "sample_rate": 16000}))
         assert again.receive_json()["type"] == "ready"
+
+
+def test_a_streaming_model_streams_each_segment(stream) -> None:
+    """With a model that streams, each segment runs through one stream as its audio arrives:
+    interims whenever the text changes (not every 0.5 s), and each final equals the model's
+    whole-segment result; the segmentation is the bidirectional one's."""
+    from tests.test_streaming import recognizer_for
+
+    samples, spans = stream
+    streaming = recognizer_for("latency_controlled")
+    transcriber = LiveTranscriber(streaming)
+    assert transcriber.streaming
+    updates = feed(transcriber, samples, seed=4, largest=1600)
+    closed = finals(updates)
+    assert len(closed) == len(PHRASES)
+    for final in closed:
+        segment = samples[round(final.start * SAMPLE_RATE): round(final.end * SAMPLE_RATE)]
+        expected = streaming.transcribe_samples(segment)
+        assert final.text == expected.text and final.text
+        assert [w.word for w in final.words] == [w.word for w in expected.words]
+    interims = [u for u in updates if u.kind == "interim"]
+    assert len(interims) > 2 * len(PHRASES)  # far more often than every 0.5 s of audio
+    assert all(a.text != b.text for a, b in zip(interims, interims[1:]) if a.segment == b.segment)
+
+
+def test_a_streaming_model_streams_over_the_websocket_too(stream, tmp_path: Path) -> None:
+    """/api/info and the ready message say whether live mode streams; the WebSocket's finals
+    are the library's."""
+    from tests.test_streaming import recognizer_for
+
+    samples, _ = stream
+    streaming = recognizer_for("latency_controlled")
+    with TestClient(create_app(streaming, ServerOptions(temp_dir=str(tmp_path), max_live=1))) as client:
+        assert client.get("/api/info").json()["live"]["streaming"] is True
+        messages = run_stream(client, samples)
+    assert messages[0]["type"] == "ready" and messages[0]["streaming"] is True
+    quantised = (np.clip(samples, -1, 1) * 32767).astype("<i2").astype(np.float32) / 32768
+    # Where a segment ends depends on how the socket grouped the audio (a stream may have read
+    # past a pause before it is cut there), so check each final against its own audio.
+    received = [m for m in messages if m["type"] == "final"]
+    assert len(received) == len(PHRASES)
+    for final in received:
+        segment = quantised[round(final["start"] * SAMPLE_RATE): round(final["end"] * SAMPLE_RATE)]
+        assert final["text"] == streaming.transcribe_samples(segment).text and final["text"]
+
+
+def test_a_bidirectional_model_says_it_does_not_stream(client: TestClient) -> None:
+    assert client.get("/api/info").json()["live"]["streaming"] is False
+    assert run_stream(client, np.zeros(1600, dtype=np.float32))[0]["streaming"] is False

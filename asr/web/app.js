@@ -539,7 +539,11 @@ function wallTimeOf(live, seconds) {
 function onLiveMessage(live, message) {
   switch (message.type) {
     case "ready":
-      setLiveStatus("Listening… speak now.");
+      // A streaming model's text follows the voice within its look-ahead; a bidirectional one
+      // re-reads the sentence every interim_interval_s.
+      setLiveStatus(message.streaming
+        ? "Listening… speak now (streaming model: text follows as you speak)."
+        : `Listening… speak now (text updates every ${message.interim_interval_s} s).`);
       break;
     case "interim":
       $("#live-interim").textContent = message.text;
