@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -239,38 +240,40 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             print(f"error: cannot create the output folder: {err}", file=sys.stderr)
             return EXIT_USAGE
     recognizer = load_recognizer(args)
-    delays: list[tuple[float, ...] | None] = [None] * len(args.files)
+
+    def output(index: int, result: Transcription, delays: tuple[float, ...] | None = None) -> bool:
+        """Write or print one file's result as soon as it is done; whether it failed."""
+        for warning in result.warnings:
+            print(f"warning: {result.path}: {warning}", file=sys.stderr)
+        if not result.ok:
+            print(f"error: {result.path}: {result.error}", file=sys.stderr)
+            if args.format == "json":
+                print(json.dumps(json_record(result), ensure_ascii=False))
+            return True
+        if targets:
+            try:
+                with atomic_write(targets[index]) as out:
+                    out.write(render(result, args.format, delays))
+            except OSError as err:  # e.g. disk full: report, keep the other results
+                print(f"error: {result.path}: cannot write {targets[index]}: {err}", file=sys.stderr)
+                return True
+        elif args.format == "text" and len(args.files) > 1:
+            print(f"{result.path}\t{result.text}")
+        else:
+            print(render(result, args.format, delays), end="")
+        sys.stdout.flush()
+        return False
+
+    failures = 0
     if args.stream:
         if recognizer.streaming_problem:
             print(f"error: {args.checkpoint}: --stream: {recognizer.streaming_problem}", file=sys.stderr)
             return EXIT_USAGE
-        results = []
-        for index, path in enumerate(args.files):
-            result, delays[index] = stream_to_terminal(recognizer, path, args)
-            results.append(result)
+        for index, path in enumerate(args.files):  # paced streaming takes real time: each file's output at once
+            failures += output(index, *stream_to_terminal(recognizer, path, args))
     else:
-        results = recognizer.transcribe(args.files)
-    failures = 0
-    for index, result in enumerate(results):
-        for warning in result.warnings:
-            print(f"warning: {result.path}: {warning}", file=sys.stderr)
-        if not result.ok:
-            failures += 1
-            print(f"error: {result.path}: {result.error}", file=sys.stderr)
-            if args.format == "json":
-                print(json.dumps(json_record(result), ensure_ascii=False))
-            continue
-        if targets:
-            try:
-                with atomic_write(targets[index]) as out:
-                    out.write(render(result, args.format, delays[index]))
-            except OSError as err:  # e.g. disk full: report, keep the other results
-                failures += 1
-                print(f"error: {result.path}: cannot write {targets[index]}: {err}", file=sys.stderr)
-        elif args.format == "text" and len(results) > 1:
-            print(f"{result.path}\t{result.text}")
-        else:
-            print(render(result, args.format, delays[index]), end="")
+        for index, result in enumerate(recognizer.transcribe(args.files)):
+            failures += output(index, result)
     return EXIT_FAILURES if failures else EXIT_OK
 
 
@@ -303,6 +306,8 @@ def stream_to_terminal(recognizer: SpeechRecognizer, path: str,
         streamed = stream_file(recognizer, path, args.piece_ms / 1000, pace=not args.no_pace, on_update=show)
     except AudioError as err:
         return Transcription(path, error=err.reason), None
+    except (RuntimeError, ValueError) as err:  # e.g. out of memory: this file fails, the others go on
+        return Transcription(path, error=f"recognition failed: {err}"), None
     finally:
         if terminal and shown:
             print(file=sys.stderr)
@@ -476,6 +481,11 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
         print(f"greedy: WER {100 * g.words.rate:.2f} %, CER {100 * g.chars.rate:.2f} %")
     print(f"best:   WER {100 * best.words.rate:.2f} %, CER {100 * best.chars.rate:.2f} % at lm_weight {best.lm_weight:g}, "
           f"word_score {best.word_score:g} (beam {args.beam})")
+    if result.held_out is not None:
+        held = result.held_out
+        print(f"held out by speaker: WER {100 * held.words.rate:.2f} %, CER {100 * held.chars.rate:.2f} % "
+              f"(each of {len(held.choices)} speakers scored at the best pair on the others: "
+              + ", ".join(f"{s} at {w:g}/{ws:g}" for s, (w, ws) in held.choices.items()) + ")")
     if args.out:
         save_decoding_settings(args.out, result.best)
         print(f"stored in {args.out}")
@@ -511,8 +521,8 @@ def _direction(model: str) -> str:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
     return value
 
 

@@ -52,7 +52,8 @@ class StreamingStep(nn.Module):
     at the start. The window's frames are the whole-file log-mel (``LogMel``: Slaney mel filters
     of a centred, Hann-windowed STFT; the ``features`` metadata), before any normalisation:
     the step normalises them. Window after window it computes what the model computes over the
-    whole utterance (tests/test_streaming.py)."""
+    whole utterance (tests/test_streaming.py). In the last window only the first
+    ceil(min(num_frames, chunk_frames) / subsampling_factor) output steps are the utterance's."""
 
     def __init__(self, recognizer: SpeechRecognizer) -> None:
         super().__init__()
@@ -104,7 +105,7 @@ class StreamingStep(nn.Module):
 def _exportable(checkpoint: str | Path) -> SpeechRecognizer:
     recognizer = load_model(checkpoint, decoding=DecodingSettings())  # the network alone: no LM to load
     if recognizer.config.model.direction == "latency_controlled":
-        # Its chunks run in a Python loop whose length tracing would freeze to the example's.
+        # Its chunk count is Python arithmetic on the length, which tracing would freeze to the example's.
         raise ExportError(f"{checkpoint}: a latency-controlled model is exported as its ONNX streaming step "
                           "(asr export MODEL step.onnx); whole-utterance export covers bidirectional and "
                           "unidirectional models")
@@ -114,7 +115,7 @@ def _exportable(checkpoint: str | Path) -> SpeechRecognizer:
 def export_streaming_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
     """Write a streaming model's :class:`StreamingStep` as ONNX, with what a runtime needs in
     its metadata: vocabulary, config, ``streaming_chunk_frames`` (frames a window advances),
-    ``streaming_window_frames`` (frames it reads) and ``seconds_per_step``."""
+    ``streaming_window_frames`` (frames it reads), ``subsampling_factor`` and ``seconds_per_step``."""
     import onnx
 
     recognizer = load_model(checkpoint, decoding=DecodingSettings())
@@ -138,7 +139,8 @@ def export_streaming_onnx(checkpoint: str | Path, out: str | Path, opset: int = 
                           output_names=outputs, dynamic_axes={k: v for k, v in batch_axes.items() if k in names + outputs})
         model = onnx.load(str(tmp))
         metadata = _metadata(recognizer) | {"streaming_chunk_frames": str(step.chunk_frames),
-                                            "streaming_window_frames": str(step.window_frames)}
+                                            "streaming_window_frames": str(step.window_frames),
+                                            "subsampling_factor": str(step.factor)}
         for key, value in metadata.items():
             model.metadata_props.add(key=key, value=value)
         onnx.save(model, str(tmp))

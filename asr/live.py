@@ -18,7 +18,6 @@ segmentation is the same for both.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
 
 FRAME_SECONDS = 0.01  # smoothed_power's frame hop
 EDGE_FRAMES = 5  # smoothed_power's frames this close to the buffer's ends are averaged with zeros: not judged
+STREAM_SEGMENT_SECONDS = 60.0  # a streaming model's longest live segment (see LiveOptions.max_segment_seconds)
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ class LiveOptions:
     quiet_ratio: float = 0.03  # quiet: 100 ms power below this share of the segment's loudest (about -15 dB) ...
     noise_margin: float = 10.0  # ... or below this multiple of the stream's noise floor (10 dB)
     lead_in_seconds: float = 0.3  # audio kept before speech as the segment's start (models saw pauses in training)
-    max_segment_seconds: float | None = None  # bidirectional: None = the recognizer's window_seconds; streams: no cap
+    # Longest segment: None = the recognizer's window_seconds (bidirectional: what it was trained
+    # on), or STREAM_SEGMENT_SECONDS for a streaming model, which has no window but must not grow
+    # without bound on speech, music or noise that never pauses.
+    max_segment_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,10 +95,8 @@ class LiveTranscriber:
         self._resampler = soxr.ResampleStream(self.input_rate, self.rate, 1, dtype="float32") \
             if self.input_rate != self.rate else None
         self.streaming = recognizer.streams  # the model runs on the audio as it arrives
-        # A bidirectional model is given at most its window (what it was trained on); a stream has no
-        # window to respect, and cutting it would split the word that is being spoken.
-        self.max_segment_seconds = math.inf if self.streaming else \
-            options.max_segment_seconds or recognizer.window_seconds
+        self.max_segment_seconds = options.max_segment_seconds or \
+            (STREAM_SEGMENT_SECONDS if self.streaming else recognizer.window_seconds)
         self._segment = _Segment()
         self._segment_start = 0  # stream sample where the open segment's buffer begins
         self._decoded_end = 0  # stream sample the last decode reached
@@ -243,8 +244,8 @@ class LiveTranscriber:
         """Close the segment at buffer sample ``cut``; what follows starts the next one."""
         start = self._segment_start / self.rate
         if self.streaming and cut > 0:
-            # Audio already in the stream stays in this segment: with no cap on a stream's length
-            # that is only the quiet past a pause, fed before the pause was long enough to judge.
+            # Audio already in the stream stays in this segment: the quiet past a pause, fed before
+            # the pause was long enough to judge (or, at the length cap, all the segment so far).
             cut = max(cut, self._fed)
             seconds = self._feed(buffer, cut)
             began = time.perf_counter()

@@ -83,24 +83,23 @@ def parse_lexicon(path: str | Path, what: str, spell: Callable[[str, list[str]],
     ids, or None to skip the line (listed in ``Lexicon.skipped``). A word keeps each distinct
     spelling once: the same one twice would count its word twice in the search."""
     path = Path(path)
-    try:
-        lines = _read_text_lines(path)
-    except (OSError, UnicodeDecodeError) as err:
-        raise LanguageModelError(f"{path}: cannot read {what} ({err})") from err
     spellings: dict[str, list[tuple[int, ...]]] = {}
     skipped: list[str] = []
-    for line in lines:
-        fields = line.split()
-        if not fields:
-            continue
-        word = normalize_text(fields[0])
-        spelling = spell(word, fields[1:]) if word and " " not in word else None
-        if spelling is None:
-            skipped.append(fields[0])
-            continue
-        known = spellings.setdefault(word, [])
-        if spelling not in known:
-            known.append(spelling)
+    try:
+        for line in _read_text_lines(path):  # a generator: reading errors come from the loop
+            fields = line.split()
+            if not fields:
+                continue
+            word = normalize_text(fields[0])
+            spelling = spell(word, fields[1:]) if word and " " not in word else None
+            if spelling is None:
+                skipped.append(fields[0])
+                continue
+            known = spellings.setdefault(word, [])
+            if spelling not in known:
+                known.append(spelling)
+    except (OSError, UnicodeDecodeError) as err:
+        raise LanguageModelError(f"{path}: cannot read {what} ({err})") from err
     if not spellings:
         raise LanguageModelError(f"{path}: no usable words in {what}{empty_hint}")
     return Lexicon({w: tuple(s) for w, s in spellings.items()}, tuple(skipped))

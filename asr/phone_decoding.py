@@ -128,10 +128,11 @@ class PhoneLexiconDecoder(BeamSearchDecoder):
         hypotheses = []
         for result in results[: self.options.nbest]:
             path = list(result.tokens)[1: steps + 1]  # flashlight pads the path with a step at each end
-            # words[i] >= 0: a word ended on step i - 1, the first step of its last phone.
+            # result.words[i] > 0: a word ended on step i - 1, the first step of its last phone (0 is
+            # <unk>, which is in no pronunciation; -1 is no word).
             word_ends = [(min(step - 1, steps - 1), words[w]) for step, w in enumerate(result.words) if w > 0]
             hypothesis = hypothesis_from_path(path, log_probs, self.vocabulary, result.score,  # type: ignore[arg-type]
                                               word_ends, result.lmScore if self.uses_lm else 0.0)
-            words = tuple(w for w in hypothesis.words if w.word in self.lexicon)  # not phones left after the last word
-            hypotheses.append(replace(hypothesis, text=" ".join(w.word for w in words), words=words))
+            kept = tuple(w for w in hypothesis.words if w.word in self.lexicon)  # not phones left after the last word
+            hypotheses.append(replace(hypothesis, text=" ".join(w.word for w in kept), words=kept))
         return hypotheses or [Hypothesis("", [], [], -math.inf)]

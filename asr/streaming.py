@@ -145,7 +145,7 @@ class RecognitionStream:
     def accept(self, samples: np.ndarray) -> StreamUpdate:
         """Add mono float32 samples at the recognizer's sample rate; the partial result."""
         if self._finished:
-            raise StreamingError(f"{self.name}: the stream has finished")
+            raise StreamingError(f"{self.name}: the stream has finished (or failed): start another")
         samples = np.asarray(samples)
         if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating):
             raise ValueError(f"{self.name}: samples must be a 1-D float array in [-1, 1] (mono; 16-bit PCM divided "
@@ -154,7 +154,12 @@ class RecognitionStream:
         if not np.isfinite(samples).all():
             raise ValueError(f"{self.name}: samples must be finite (NaN or infinity received)")
         before = self._emitted
-        self._add_frames(self.features.accept(torch.from_numpy(samples)), final=False)
+        try:
+            self._add_frames(self.features.accept(torch.from_numpy(samples)), final=False)
+        except Exception:
+            # Its samples are consumed and frames may be half added: what follows would be wrong.
+            self._finished = True
+            raise
         return self._update(self._emitted - before)
 
     def finish(self) -> StreamResult:
@@ -162,7 +167,7 @@ class RecognitionStream:
         from asr.transcribe import Transcription, timed_words
 
         if self._finished:
-            raise StreamingError(f"{self.name}: the stream has finished")
+            raise StreamingError(f"{self.name}: the stream has finished (or failed): start another")
         self._finished = True  # even if what follows fails: the closing frames must not be added twice
         self._add_frames(self.features.finish(), final=True)
         recognizer = self.recognizer

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +36,7 @@ class Emissions:
     seconds_per_step: float  # output step length and ...
     sample_rate: int  # ... audio rate: windows' words are placed and joined as `asr evaluate` does
     units: str = "chars"  # the output they come from: chars, or the phone head
+    speakers: list[str] = field(default_factory=list)  # per utterance ("" unknown): held-out scoring by speaker
 
     @property
     def matrices(self) -> list[np.ndarray]:
@@ -83,7 +84,7 @@ def compute_emissions(recognizer: SpeechRecognizer, utterances: Sequence[Utteran
     failed += [f"{utt.id}: {f}" for (utt, _, _), f in zip(kept, files) if isinstance(f, str)]
     ok = [(utt, reference, f) for (utt, reference, _), f in zip(kept, files) if isinstance(f, FileEmissions)]
     return Emissions([u.id for u, _, _ in ok], [r for _, r, _ in ok], [f for _, _, f in ok], fingerprint, failed,
-                     recognizer.seconds_per_step, recognizer.sample_rate, recognizer.units)
+                     recognizer.seconds_per_step, recognizer.sample_rate, recognizer.units, [u.speaker for u, _, _ in ok])
 
 
 def save_emissions(path: str | Path, emissions: Emissions) -> None:
@@ -95,7 +96,7 @@ def save_emissions(path: str | Path, emissions: Emissions) -> None:
                     "windows": [[(w.start, w.end, w.keep_start, w.keep_end) for w in f.windows] for f in emissions.files],
                     "durations": [f.duration for f in emissions.files],
                     "seconds_per_step": emissions.seconds_per_step, "sample_rate": emissions.sample_rate,
-                    "units": emissions.units}, out)
+                    "units": emissions.units, "speakers": emissions.speakers}, out)
 
 
 def load_emissions(path: str | Path, expected_fingerprint: str) -> Emissions | None:
@@ -110,7 +111,8 @@ def load_emissions(path: str | Path, expected_fingerprint: str) -> Emissions | N
     files = [FileEmissions(tuple(Window(*w) for w in windows), tuple(next(matrices) for _ in windows), duration)
              for windows, duration in zip(data["windows"], data["durations"])]
     return Emissions(data["ids"], data["references"], files, data["fingerprint"], data["failed"],
-                     data["seconds_per_step"], data["sample_rate"], data.get("units", "chars"))
+                     data["seconds_per_step"], data["sample_rate"], data.get("units", "chars"),
+                     data.get("speakers") or [""] * len(data["ids"]))
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,18 @@ class TuningRow:
     word_score: float
     words: ErrorCounts  # word errors over the dev set
     chars: ErrorCounts
+    by_speaker: dict[str, tuple[ErrorCounts, ErrorCounts]] = field(default_factory=dict, compare=False)  # (words, chars)
+
+
+@dataclass(frozen=True)
+class HeldOutScore:
+    """Each speaker scored at the pair that is best on the other speakers, pooled: no speaker's
+    errors are counted at settings chosen on its own audio (an honest figure for a dev set
+    that also picks the settings)."""
+
+    words: ErrorCounts
+    chars: ErrorCounts
+    choices: dict[str, tuple[float, float]]  # speaker -> the (lm_weight, word_score) it was scored at
 
 
 @dataclass
@@ -127,18 +141,48 @@ class TuningResult:
     rows: list[TuningRow]  # every pair tried
     best_row: TuningRow  # the pair with the lowest WER then CER (or CER then WER) ...
     best: DecodingSettings  # ... as settings, ready to save
+    held_out: HeldOutScore | None = None  # by speaker; None with fewer than two known speakers
 
 
 def score(emissions: Emissions, texts: Sequence[str], lm_weight: float = 0.0, word_score: float = 0.0) -> TuningRow:
-    references, texts = emissions.references, list(texts)
-    return TuningRow(lm_weight, word_score, error_counts(references, texts, "word"), error_counts(references, texts, "char"))
+    texts = list(texts)
+    speakers = emissions.speakers or [""] * len(texts)
+    by_speaker: dict[str, tuple[ErrorCounts, ErrorCounts]] = {}
+    for speaker in dict.fromkeys(speakers):
+        pairs = [(r, t) for s, r, t in zip(speakers, emissions.references, texts) if s == speaker]
+        references, hypotheses = [r for r, _ in pairs], [t for _, t in pairs]
+        by_speaker[speaker] = (error_counts(references, hypotheses, "word"), error_counts(references, hypotheses, "char"))
+    words, chars = (sum((counts[i] for counts in by_speaker.values()), ErrorCounts(0, 0, 0, 0)) for i in (0, 1))
+    return TuningRow(lm_weight, word_score, words, chars, by_speaker)
+
+
+def _rank(words: ErrorCounts, chars: ErrorCounts, metric: Literal["wer", "cer"]) -> tuple[float, float]:
+    return (chars.rate, words.rate) if metric == "cer" else (words.rate, chars.rate)
 
 
 def best_row(rows: Sequence[TuningRow], metric: Literal["wer", "cer"] = "wer") -> TuningRow:
     """The row with the lowest WER (ties: CER), or with ``metric="cer"`` the lowest CER (ties: WER)."""
-    if metric == "cer":
-        return min(rows, key=lambda r: (r.chars.rate, r.words.rate))
-    return min(rows, key=lambda r: (r.words.rate, r.chars.rate))
+    return min(rows, key=lambda r: _rank(r.words, r.chars, metric))
+
+
+def held_out_score(rows: Sequence[TuningRow], metric: Literal["wer", "cer"] = "wer") -> HeldOutScore | None:
+    """Leave-one-speaker-out: each speaker at the best pair on the others (ranked like
+    :func:`best_row`), pooled; None unless every utterance's speaker is known and there are two or more."""
+    speakers = list(rows[0].by_speaker) if rows else []
+    if len(speakers) < 2 or "" in speakers:
+        return None
+    zero = ErrorCounts(0, 0, 0, 0)
+
+    def rank_without(row: TuningRow, speaker: str) -> tuple[float, float]:
+        others = [counts for s, counts in row.by_speaker.items() if s != speaker]
+        return _rank(sum((w for w, _ in others), zero), sum((c for _, c in others), zero), metric)
+
+    words, chars, choices = zero, zero, {}
+    for speaker in speakers:
+        chosen = min(rows, key=lambda row: rank_without(row, speaker))  # noqa: B023  (called at once)
+        choices[speaker] = (chosen.lm_weight, chosen.word_score)
+        words, chars = words + chosen.by_speaker[speaker][0], chars + chosen.by_speaker[speaker][1]
+    return HeldOutScore(words, chars, choices)
 
 
 def tune_lm(
@@ -172,4 +216,4 @@ def tune_lm(
             progress(rows[-1])
     best = best_row(rows, metric)
     settings = replace(base, method="beam", beam=replace(base.beam, lm_weight=best.lm_weight, word_score=best.word_score))
-    return TuningResult(baseline, rows, best, settings)
+    return TuningResult(baseline, rows, best, settings, held_out_score(rows, metric))

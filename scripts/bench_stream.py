@@ -56,7 +56,7 @@ def real_time_factor(model: str, precision: str, audio: np.ndarray, piece_ms: fl
     return (time.perf_counter() - began) / (len(audio) / recognizer.sample_rate)
 
 
-def paced_streams(job: tuple[str, np.ndarray, int, float]) -> dict:
+def paced_streams(job: tuple[str, np.ndarray, int, float, str]) -> dict:
     """``count`` streams of ``audio`` at real-time pace in this process (one thread)."""
     model, audio, count, piece_ms, precision = job
     torch.set_num_threads(1)
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="of the paced streams")
     args = parser.parse_args(argv)
     rate = load_model(args.model).sample_rate
+    if not 1000 / rate <= args.piece_ms < 60_000:
+        parser.error(f"--piece-ms must be from one sample ({1000 / rate:g} ms) to a minute, not {args.piece_ms:g}")
     audio = joined_audio(args.audio, rate, args.seconds)
     print(f"{len(audio) / rate:.0f} s of audio per stream, {args.piece_ms:g} ms pieces", file=sys.stderr)
 
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                                              for n in shares if n])
         delays = [d for part in parts for d in part["delays"]]
         lags = [lag for part in parts for lag in part["lags"]]
+        if not delays:
+            print(f"| {count} | no words were emitted: give audio with speech |")
+            continue
         lag95, p95 = float(np.percentile(lags, 95)), float(np.percentile(delays, 95))
         sustained = max(lags) < 0.5 and p95 < 1.0
         print(f"| {count} | {args.processes} | {lag95:.3f} / {max(lags):.3f} | {statistics.median(delays):.3f} | "

@@ -284,3 +284,30 @@ def test_tuning_ranks_pairs_by_the_chosen_metric(char_lm):
     frames = posteriors([{C: 0.9}, {A: 0.9}, {B: 0.5, T: 0.4}])
     assert template.with_options(BeamSearchOptions(lm_weight=1.0)).decode_matrix(frames.numpy())[0].text == "cat"
     assert template.with_options(BeamSearchOptions(lm_weight=0.0)).decode_matrix(frames.numpy())[0].text == "cab"
+
+
+def test_held_out_scoring_counts_each_speaker_at_the_others_best_pair():
+    from asr.metrics import ErrorCounts
+    from asr.tune import Emissions, TuningRow, best_row, held_out_score, score
+
+    def words(errors: int) -> ErrorCounts:  # out of 10 reference words
+        return ErrorCounts(errors, 0, 0, 10 - errors)
+
+    chars = ErrorCounts(0, 0, 0, 50)
+    row = lambda weight, a, b: TuningRow(weight, 0.0, words(a) + words(b), chars + chars,  # noqa: E731
+                                         {"A": (words(a), chars), "B": (words(b), chars)})
+    good_for_a, good_for_b = row(1.0, 2, 6), row(2.0, 4, 3)
+    assert best_row([good_for_a, good_for_b]) is good_for_b  # 7/20 against 8/20 on the whole set
+    held = held_out_score([good_for_a, good_for_b])
+    assert held.choices == {"A": (2.0, 0.0), "B": (1.0, 0.0)}  # each at the other's best
+    assert (held.words.errors, held.words.reference_length) == (4 + 6, 20) and held.words.rate > 7 / 20
+    # One speaker, or utterances without one, give no held-out figure.
+    assert held_out_score([TuningRow(1.0, 0.0, words(1), chars, {"A": (words(1), chars)})]) is None
+    assert held_out_score([TuningRow(1.0, 0.0, words(1), chars, {"A": (words(1), chars), "": (words(0), chars)})]) is None
+
+    # score() splits the counts by speaker, and they add up to the whole set's.
+    emissions = Emissions(["1", "2", "3"], ["a cat", "the dog", "a cow"], [], "", [], 0.04, 16000, "chars",
+                          ["A", "B", "A"])
+    scored = score(emissions, ["a cat", "a dog", "cow"])
+    assert scored.by_speaker["A"][0] == ErrorCounts(0, 1, 0, 3) and scored.by_speaker["B"][0] == ErrorCounts(1, 0, 0, 1)
+    assert scored.words == ErrorCounts(1, 1, 0, 4)

@@ -250,6 +250,18 @@ def test_a_streaming_model_streams_over_the_websocket_too(stream, tmp_path: Path
         assert final["text"] == streaming.transcribe_samples(segment).text and final["text"]
 
 
+def test_a_streaming_segment_is_cut_at_the_length_cap() -> None:
+    """A stream has no window, but a segment that never pauses must not grow without bound."""
+    from tests.test_streaming import recognizer_for
+
+    phrase = tone_audio("abba cede dace bed deed")  # gaps inside are shorter than the pause
+    samples = np.concatenate([phrase] * 4)
+    closed = finals(feed(LiveTranscriber(recognizer_for("latency_controlled"), options=LiveOptions(
+        max_segment_seconds=2.0)), samples, seed=6, largest=1600))
+    assert len(closed) >= len(samples) / SAMPLE_RATE / 2.0
+    assert all(f.end - f.start <= 2.0 + 1e-6 for f in closed)
+
+
 def test_a_bidirectional_model_says_it_does_not_stream(client: TestClient) -> None:
     assert client.get("/api/info").json()["live"]["streaming"] is False
     assert run_stream(client, np.zeros(1600, dtype=np.float32))[0]["streaming"] is False

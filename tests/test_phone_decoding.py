@@ -100,6 +100,18 @@ def test_pronunciation_files_round_trip_and_skip_unknown_phones(tmp_path: Path) 
     (tmp_path / "empty.txt").write_text("x\tQ\n")
     with pytest.raises(LanguageModelError, match="no usable words in pronunciation lexicon"):
         read_pronunciations(tmp_path / "empty.txt")
+    # A missing or undecodable file is a LanguageModelError too: decoding falls back to greedy on it.
+    (tmp_path / "latin1.txt").write_bytes("café\tk a f e\n".encode("latin-1"))
+    for name in ("missing.txt", "latin1.txt"):
+        with pytest.raises(LanguageModelError, match=f"{name}: cannot read pronunciation lexicon"):
+            read_pronunciations(tmp_path / name)
+
+
+def test_n_best_hypotheses_are_each_lexicon_words() -> None:
+    decoder = PhoneLexiconDecoder(lexicon(), BeamSearchOptions(beam_size=20, nbest=3))
+    hypotheses = decoder.decode_matrix(posteriors("k æ t _ æ t", sure=0.6))
+    assert len(hypotheses) > 1 and hypotheses[0].text == "cat at"
+    assert all(w.word in PRONUNCIATIONS for h in hypotheses for w in h.words)
 
 
 def phone_recognizer():

@@ -222,6 +222,28 @@ def test_cli_stream_paces_in_real_time_and_reports_bad_files(streaming_checkpoin
     assert code == 1 and "bad.wav" in captured.err and "short.wav\t" in captured.out
 
 
+def test_cli_stream_keeps_going_after_a_recognition_failure(streaming_checkpoint, tone_corpus, capsys,
+                                                            monkeypatch) -> None:
+    """A model error on one file (say, out of memory) fails that file; the next is streamed, and
+    each file's output comes as soon as it is done."""
+    import asr.streaming
+    from asr.cli import main
+
+    files = [str(f) for f in sorted((tone_corpus["root"] / "valid").glob("*.flac"))[:2]]
+    real = asr.streaming.stream_file
+
+    def failing_first(recognizer, path, *args, **kwargs):
+        if path == files[0]:
+            raise RuntimeError("out of memory")
+        return real(recognizer, path, *args, **kwargs)
+
+    monkeypatch.setattr(asr.streaming, "stream_file", failing_first)
+    assert main(["transcribe", str(streaming_checkpoint), *files, "--stream", "--no-pace", "--greedy"]) == 1
+    captured = capsys.readouterr()
+    assert f"{files[0]}: recognition failed: out of memory" in captured.err
+    assert captured.out.startswith(f"{files[1]}\t")
+
+
 def test_cli_stream_refuses_a_bidirectional_model(trained_checkpoint, tone_corpus, capsys) -> None:
     from asr.cli import main
 
@@ -259,7 +281,8 @@ def test_onnx_streaming_step_window_by_window_equals_the_whole_pass(which: str, 
     metadata = session.get_modelmeta().custom_metadata_map
     chunk_frames, window_frames = int(metadata["streaming_chunk_frames"]), int(metadata["streaming_window_frames"])
     recognizer = load_model(checkpoint)
-    factor = recognizer.config.model.subsampling_factor
+    factor = int(metadata["subsampling_factor"])
+    assert factor == recognizer.config.model.subsampling_factor
     audio = torch.from_numpy(tone_audio("bad cab dace", seed=5))
     expected = recognizer.emissions([audio])[0][0].numpy()  # (T', V)
     log_mel = recognizer.frontend.log_mel(audio[None], torch.tensor([len(audio)]))[0][0].numpy()  # (T, n_mels)

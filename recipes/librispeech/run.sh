@@ -8,7 +8,8 @@
 # resumes), 3 average the last 5 epochs, 4 evaluate on dev/test clean/other, greedy and (with an
 # LM) beam search + LM tuned on the first eval set, 5 write $exp/RESULTS.md.
 # --data-dir DIR uses any LibriSpeech-layout folder instead: split by speaker into train/dev.
-# --lm FILE decodes with that word LM (default with LibriSpeech: the official pruned 3-gram).
+# --lm FILE decodes with that word LM (default with LibriSpeech: the official pruned 3-gram; with
+# --data-dir: CMU Sphinx's US English trigram). Stage 4 stores the tuned LM settings beside the model.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 name=${1:?usage: run.sh CONFIG [options]}; shift
@@ -85,6 +86,11 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
 fi
 [ -f $exp/avg.pt ] && model=$exp/avg.pt
 [ -z "$lm" ] && [ -z "$data_dir" ] && lm=$data/lm/3-gram.pruned.1e-7.arpa.gz
+# --data-dir: CMU Sphinx's US English trigram (`asr lm english`), which holds no LibriSpeech text.
+english_lm=$data/lm/en-us.arpa
+[ -z "$lm" ] && [ -n "$data_dir" ] && lm=$english_lm
+tune_grid=()  # the official LM: tune-lm's default grid; the English trigram: a grid measured to hold its best
+[ "$lm" = "$english_lm" ] && tune_grid=(--lm-weights 0.5,1,1.5,2 --word-scores=-1,0,1 --beam 50)
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   echo "== stage 4: evaluate $model"
   for set in $eval_sets; do
@@ -92,14 +98,20 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
       --utterances $exp/eval/$set.jsonl --worst 5 > /dev/null
     echo "$set greedy: $(grep -E "^(WER|CER)" $exp/eval/$set.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
   done
+  [ "$lm" = "$english_lm" ] && [ ! -f "$lm" ] && asr lm english "$lm"
   if [ -n "$lm" ] && [ -f "$lm" ]; then
     tune_set=$(echo $eval_sets | cut -d' ' -f1)
-    asr tune-lm $model $data/manifests/$tune_set.jsonl --lm "$lm" --emissions-cache $exp/eval/$tune_set.emissions.pt
+    # Stored beside the model: `asr transcribe`/`evaluate`/`serve` decode with it from now on.
+    asr tune-lm $model $data/manifests/$tune_set.jsonl --lm "$lm" "${tune_grid[@]}" \
+      --emissions-cache $exp/eval/$tune_set.emissions.pt | tee $exp/eval/$tune_set-tune.txt
     for set in $eval_sets; do
       asr evaluate $model $data/manifests/$set.jsonl --report $exp/eval/$set-lm.txt \
         --utterances $exp/eval/$set-lm.jsonl --worst 5 > /dev/null
       echo "$set beam+LM: $(grep -E "^(WER|CER)" $exp/eval/$set-lm.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
     done
+    # The tuning set is scored at settings chosen on it; this line scores each of its speakers
+    # at the settings best on the others (the honest figure when dev both tunes and scores).
+    grep "^held out by speaker" $exp/eval/$tune_set-tune.txt || true
   else
     echo "no LM ($lm): greedy only"
   fi
@@ -120,6 +132,9 @@ for name in sets:
         w = sum(r["word"]["errors"] for r in rows) / max(1, sum(r["word"]["length"] for r in rows))
         c = sum(r["char"]["errors"] for r in rows) / max(1, sum(r["char"]["length"] for r in rows))
         lines.append(f"| {name} | {decoding} | {100 * w:.2f} | {100 * c:.2f} |")
+held_out = [line for line in (exp / "eval" / f"{sets[0]}-tune.txt").read_text().splitlines()
+            if line.startswith("held out by speaker")] if (exp / "eval" / f"{sets[0]}-tune.txt").exists() else []
+lines += [f"\n{sets[0]} beam + LM, {held_out[0]}"] if held_out else []
 history = [json.loads(l) for l in open(exp / "metrics.jsonl")]
 lines += ["", "| epoch | train min | train loss | valid WER % | valid CER % |", "|---|---|---|---|---|"]
 lines += [f"| {m['epoch']} | {m['train_minutes']:.1f} | {m['train_loss']:.3f} | {100 * m['valid_wer']:.2f} | "
