@@ -396,11 +396,40 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
 
 
 def cmd_lm_pronounce(args: argparse.Namespace) -> int:
-    from asr.pronunciations import espeak_pronunciations, words_of, write_pronunciations
+    from asr.lm import LanguageModelError
+    from asr.pronunciations import cmudict_pronunciations, espeak_pronunciations, find_cmudict, read_cmudict, \
+        words_of, write_pronunciations
+    from asr.text import normalize_text
 
-    lexicon = espeak_pronunciations(words_of(args.words), args.cache or f"{args.out}.espeak.json")
+    if args.cmudict and args.source == "espeak":
+        print("error: --cmudict needs --source cmudict or --source both", file=sys.stderr)
+        return EXIT_USAGE
+    cmudict_path = Path(args.cmudict) if args.cmudict else (find_cmudict() if args.source != "espeak" else None)
+    if args.source != "espeak" and cmudict_path is None:
+        print("error: CMUdict not found: pip install pocketsphinx (its cmudict-en-us.dict), or name the file with "
+              "--cmudict", file=sys.stderr)
+        return EXIT_USAGE
+    cmudict = read_cmudict(cmudict_path) if cmudict_path else None  # a bad file fails now, not after espeak-ng
+    words = words_of(args.words)
+    # espeak-ng pronounces every word, or with --source cmudict only those CMUdict lacks.
+    to_espeak = [w for w in words if cmudict is None or args.source == "both"
+                 or normalize_text(w) not in cmudict.spellings]
+    try:
+        espeak = espeak_pronunciations(to_espeak, args.cache or f"{args.out}.espeak.json") if to_espeak else None
+    except LanguageModelError:
+        if cmudict is None:
+            raise
+        espeak = None  # none of CMUdict's missing words is pronounceable: CMUdict alone
+    if cmudict is None:
+        lexicon, described = espeak, "espeak-ng"
+    else:
+        lexicon = cmudict_pronunciations(words, cmudict, espeak, keep_fallback=args.source == "both")
+        licence = "; BSD-2-clause, Carnegie Mellon University" if cmudict_path == find_cmudict() else ""
+        described = f"CMUdict ({cmudict_path}{licence})" + (
+            " and espeak-ng" if args.source == "both" else ", espeak-ng for the words it lacks")
     write_pronunciations(args.out, lexicon)
-    print(f"{args.out}: {len(lexicon)} words pronounced by espeak-ng in the phone head's phones"
+    readings = sum(len(s) for s in lexicon.spellings.values())
+    print(f"{args.out}: {len(lexicon)} words, {readings} pronunciations by {described} in the phone head's phones"
           + (f"; {len(lexicon.skipped)} skipped" if lexicon.skipped else ""))
     return EXIT_OK
 
@@ -461,6 +490,8 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
             save_emissions(args.emissions_cache, emissions)
     else:
         print(f"emissions from {args.emissions_cache}", file=sys.stderr)
+    speaker_of = {u.id: u.speaker for u in utterances}  # the manifest's, never a cache's: held-out scoring
+    emissions.speakers = [speaker_of.get(i, "") for i in emissions.ids]
     for failure in emissions.failed:
         print(f"warning: skipped {failure}", file=sys.stderr)
     if not emissions.ids:
@@ -484,8 +515,8 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
     if result.held_out is not None:
         held = result.held_out
         print(f"held out by speaker: WER {100 * held.words.rate:.2f} %, CER {100 * held.chars.rate:.2f} % "
-              f"(each of {len(held.choices)} speakers scored at the best pair on the others: "
-              + ", ".join(f"{s} at {w:g}/{ws:g}" for s, (w, ws) in held.choices.items()) + ")")
+              f"(each of {len(held.choices)} speakers scored at the pair best on the others; "
+              f"LM weight/word score chosen: {held.summary()})")
     if args.out:
         save_decoding_settings(args.out, result.best)
         print(f"stored in {args.out}")
@@ -670,6 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     lm_pronounce.add_argument("words", help="an ARPA LM (its words) or a word list (first field of each line)")
     lm_pronounce.add_argument("out", help="output lexicon: 'word<TAB>phones' lines")
     lm_pronounce.add_argument("--cache", help="JSON cache of espeak-ng's output (default: OUT.espeak.json)")
+    lm_pronounce.add_argument("--source", choices=("espeak", "cmudict", "both"), default="espeak",
+                              help="espeak-ng (the training phones' source; default), CMUdict mapped to those phones "
+                                   "(espeak-ng for words it lacks), or both pronunciations of every word")
+    lm_pronounce.add_argument("--cmudict", help="CMUdict file (default: the copy in the pocketsphinx package)")
     lm_pronounce.set_defaults(func=cmd_lm_pronounce)
 
     export = commands.add_parser("export", help="export front end + acoustic model as TorchScript or ONNX")

@@ -77,27 +77,28 @@ def lexicon_from_words(words: Iterable[str], vocabulary: CharVocabulary) -> Lexi
     return Lexicon({w: tuple(s) for w, s in spellings.items()}, tuple(skipped))
 
 
-def parse_lexicon(path: str | Path, what: str, spell: Callable[[str, list[str]], tuple[int, ...] | None],
-                  empty_hint: str = "") -> Lexicon:
-    """Read ``WORD FIELD...`` lines: ``spell(normalised word, fields)`` gives the word's token
-    ids, or None to skip the line (listed in ``Lexicon.skipped``). A word keeps each distinct
-    spelling once: the same one twice would count its word twice in the search."""
+def parse_lexicon(path: str | Path, what: str, spell: Callable[[str, list[str]], Sequence[tuple[int, ...]] | None],
+                  empty_hint: str = "", word_of: Callable[[str], str] = normalize_text,
+                  comment: str | None = None) -> Lexicon:
+    """Read ``WORD FIELD...`` lines: ``spell(word_of(WORD), fields)`` gives the word's spellings
+    as token ids, or None to skip the line (listed in ``Lexicon.skipped``); text after
+    ``comment`` is ignored. A word keeps each distinct spelling once: the same one twice would
+    count its word twice in the search."""
     path = Path(path)
     spellings: dict[str, list[tuple[int, ...]]] = {}
     skipped: list[str] = []
     try:
         for line in _read_text_lines(path):  # a generator: reading errors come from the loop
-            fields = line.split()
+            fields = (line.split(comment, 1)[0] if comment else line).split()
             if not fields:
                 continue
-            word = normalize_text(fields[0])
-            spelling = spell(word, fields[1:]) if word and " " not in word else None
-            if spelling is None:
+            word = word_of(fields[0])
+            spelled = spell(word, fields[1:]) if word and " " not in word else None
+            if not spelled:
                 skipped.append(fields[0])
                 continue
             known = spellings.setdefault(word, [])
-            if spelling not in known:
-                known.append(spelling)
+            known += [spelling for spelling in dict.fromkeys(spelled) if spelling not in known]
     except (OSError, UnicodeDecodeError) as err:
         raise LanguageModelError(f"{path}: cannot read {what} ({err})") from err
     if not spellings:
@@ -113,13 +114,13 @@ def read_lexicon(path: str | Path, vocabulary: CharVocabulary) -> Lexicon:
     LibriSpeech's ``HELLO HH AH0 L OW1``) the word is spelled with its own characters, which is
     what a character CTC model emits.
     """
-    def spell(word: str, fields: list[str]) -> tuple[int, ...] | None:
+    def spell(word: str, fields: list[str]) -> list[tuple[int, ...]] | None:
         if vocabulary.unknown_characters(word):
             return None
         letters = [normalize_text(f) for f in fields]
         if letters and all(len(c) == 1 and not vocabulary.unknown_characters(c) for c in letters):
-            return tuple(vocabulary.encode("".join(letters)))
-        return tuple(vocabulary.encode(word))
+            return [tuple(vocabulary.encode("".join(letters)))]
+        return [tuple(vocabulary.encode(word))]
 
     return parse_lexicon(path, "lexicon", spell)
 

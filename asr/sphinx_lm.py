@@ -26,20 +26,26 @@ from asr.lm import LanguageModelError
 MAGIC = b"Trie Language Model"
 QUANTISER_BINS = 1 << 16  # sphinx quantises bigram probabilities and back-offs, and trigram probabilities, to 16 bits
 LOG10_OF_BASE = math.log10(1.0001)  # sphinx's -logbase
-DEBIAN_PATH = Path("/usr/share/pocketsphinx/model/en-us/en-us.lm.bin")
+DEBIAN_MODEL = Path("/usr/share/pocketsphinx/model/en-us")  # Debian's pocketsphinx-en-us
 
 
-def find_sphinx_lm() -> Path | None:
-    """en-us.lm.bin from the installed pocketsphinx package, else Debian's pocketsphinx-en-us."""
+def find_en_us_file(name: str) -> Path | None:
+    """A file of CMU Sphinx's en-us model (``en-us.lm.bin``, ``cmudict-en-us.dict``): from the
+    installed pocketsphinx package, else Debian's pocketsphinx-en-us."""
     try:
         from pocketsphinx import get_model_path
 
-        candidate = Path(get_model_path()) / "en-us" / "en-us.lm.bin"
+        candidate = Path(get_model_path()) / "en-us" / name
         if candidate.is_file():
             return candidate
     except ImportError:
         pass
-    return DEBIAN_PATH if DEBIAN_PATH.is_file() else None
+    return DEBIAN_MODEL / name if (DEBIAN_MODEL / name).is_file() else None
+
+
+def find_sphinx_lm() -> Path | None:
+    """en-us.lm.bin, the US English trigram."""
+    return find_en_us_file("en-us.lm.bin")
 
 
 def _bits_for(value: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections import Counter
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -132,7 +133,12 @@ class HeldOutScore:
 
     words: ErrorCounts
     chars: ErrorCounts
-    choices: dict[str, tuple[float, float]]  # speaker -> the (lm_weight, word_score) it was scored at
+    choices: dict[str, TuningRow]  # speaker -> the row (settings) it was scored at
+
+    def summary(self) -> str:
+        """The settings chosen, counted: "1.5/-1 x 2" (LM weight / word score)."""
+        counted = Counter(f"{row.lm_weight:g}/{row.word_score:g}" for row in self.choices.values())
+        return ", ".join(f"{pair} x {count}" for pair, count in counted.most_common())
 
 
 @dataclass
@@ -144,14 +150,23 @@ class TuningResult:
     held_out: HeldOutScore | None = None  # by speaker; None with fewer than two known speakers
 
 
-def score(emissions: Emissions, texts: Sequence[str], lm_weight: float = 0.0, word_score: float = 0.0) -> TuningRow:
-    texts = list(texts)
-    speakers = emissions.speakers or [""] * len(texts)
+def counts_by_speaker(speakers: Sequence[str], references: Sequence[str],
+                      texts: Sequence[str]) -> dict[str, tuple[ErrorCounts, ErrorCounts]]:
+    """(word, char) error counts of each speaker's utterances, speakers in first-seen order."""
+    if not len(speakers) == len(references) == len(texts):
+        raise ValueError(f"{len(speakers)} speakers, {len(references)} references, {len(texts)} hypotheses")
     by_speaker: dict[str, tuple[ErrorCounts, ErrorCounts]] = {}
     for speaker in dict.fromkeys(speakers):
-        pairs = [(r, t) for s, r, t in zip(speakers, emissions.references, texts) if s == speaker]
-        references, hypotheses = [r for r, _ in pairs], [t for _, t in pairs]
-        by_speaker[speaker] = (error_counts(references, hypotheses, "word"), error_counts(references, hypotheses, "char"))
+        pairs = [(r, t) for s, r, t in zip(speakers, references, texts) if s == speaker]
+        kept_references, hypotheses = [r for r, _ in pairs], [t for _, t in pairs]
+        by_speaker[speaker] = (error_counts(kept_references, hypotheses, "word"),
+                               error_counts(kept_references, hypotheses, "char"))
+    return by_speaker
+
+
+def score(emissions: Emissions, texts: Sequence[str], lm_weight: float = 0.0, word_score: float = 0.0) -> TuningRow:
+    texts = list(texts)
+    by_speaker = counts_by_speaker(emissions.speakers or [""] * len(texts), emissions.references, texts)
     words, chars = (sum((counts[i] for counts in by_speaker.values()), ErrorCounts(0, 0, 0, 0)) for i in (0, 1))
     return TuningRow(lm_weight, word_score, words, chars, by_speaker)
 
@@ -180,7 +195,7 @@ def held_out_score(rows: Sequence[TuningRow], metric: Literal["wer", "cer"] = "w
     words, chars, choices = zero, zero, {}
     for speaker in speakers:
         chosen = min(rows, key=lambda row: rank_without(row, speaker))  # noqa: B023  (called at once)
-        choices[speaker] = (chosen.lm_weight, chosen.word_score)
+        choices[speaker] = chosen
         words, chars = words + chosen.by_speaker[speaker][0], chars + chosen.by_speaker[speaker][1]
     return HeldOutScore(words, chars, choices)
 

@@ -299,7 +299,8 @@ def test_held_out_scoring_counts_each_speaker_at_the_others_best_pair():
     good_for_a, good_for_b = row(1.0, 2, 6), row(2.0, 4, 3)
     assert best_row([good_for_a, good_for_b]) is good_for_b  # 7/20 against 8/20 on the whole set
     held = held_out_score([good_for_a, good_for_b])
-    assert held.choices == {"A": (2.0, 0.0), "B": (1.0, 0.0)}  # each at the other's best
+    assert held.choices == {"A": good_for_b, "B": good_for_a}  # each at the other's best
+    assert held.summary() == "2/0 x 1, 1/0 x 1"
     assert (held.words.errors, held.words.reference_length) == (4 + 6, 20) and held.words.rate > 7 / 20
     # One speaker, or utterances without one, give no held-out figure.
     assert held_out_score([TuningRow(1.0, 0.0, words(1), chars, {"A": (words(1), chars)})]) is None
@@ -311,3 +312,5 @@ def test_held_out_scoring_counts_each_speaker_at_the_others_best_pair():
     scored = score(emissions, ["a cat", "a dog", "cow"])
     assert scored.by_speaker["A"][0] == ErrorCounts(0, 1, 0, 3) and scored.by_speaker["B"][0] == ErrorCounts(1, 0, 0, 1)
     assert scored.words == ErrorCounts(1, 1, 0, 4)
+    with pytest.raises(ValueError, match="2 hypotheses"):
+        score(emissions, ["a cat", "a dog"])

@@ -13,7 +13,8 @@ from asr.decoding import BeamSearchOptions, DecodingSettings
 from asr.lm import LanguageModelError, Lexicon
 from asr.phone_decoding import MAX_WORDS_PER_PRONUNCIATION, PhoneLexiconDecoder
 from asr.phones import NUM_PHONE_LABELS, PHONE_IDS
-from asr.pronunciations import read_pronunciations, write_pronunciations
+from asr.pronunciations import (arpabet_to_phones, cmudict_pronunciations, read_cmudict, read_pronunciations,
+                                 write_pronunciations)
 from tests.conftest import write_arpa
 
 PRONUNCIATIONS = {"cat": ["k æ t"], "at": ["æ t"], "tack": ["t æ k"], "to": ["t uː"], "two": ["t uː"],
@@ -155,6 +156,46 @@ def test_phone_decoding_falls_back_to_greedy_without_a_phone_head_or_lexicon(tmp
     assert "pronunciation lexicon" in problem
 
 
+def test_cmudict_maps_to_the_espeak_phones_with_weak_forms_and_flaps() -> None:
+    def phones(arpabet: str) -> list[str]:
+        return [" ".join(r) for r in arpabet_to_phones(arpabet.split())]
+
+    assert phones("T AY M") == ["t a ɪ m"]  # diphthongs are two phones, as espeak-ng writes them
+    assert phones("JH AH1 JH") == ["d ʒ ʌ d ʒ"]  # stress digits decide AH
+    assert phones("HH AH0 L OW1") == ["h ə l o ʊ"]
+    assert phones("DH AH") == ["ð ʌ", "ð ə"]  # no digits: a first-syllable AH gets both readings
+    assert phones("AH") == ["ʌ", "ɐ"]  # "a": espeak-ng's weak form at the start of a word
+    assert phones("W AO T ER") == ["w ɔː t ɚ", "w ɔː ɾ ɚ"]  # a final ER is weak; the flap kept beside t
+    assert phones("B AA D IY") == ["b ɑː d i", "b ɑː d iː"]  # espeak-ng flaps t, never d
+    assert arpabet_to_phones(["K", "QQ"]) is None
+    # espeak-ng en-us's own reading (asr lm pronounce's) is among the readings of frequent words.
+    espeak = {"HH AH L OW": "h ə l o ʊ", "AH DH ER": "ʌ ð ɚ", "AH B AW T": "ɐ b a ʊ t", "M AO R": "m oː ɹ",
+              "L AO NG": "l ɔ ŋ", "HH ER IY": "h ɜː ɹ i", "P AA R T IY": "p ɑː ɹ ɾ i", "S IH T IY": "s ɪ ɾ i",
+              "S T AA R T IH D": "s t ɑː ɹ ɾ ᵻ d", "P ER HH AE P S": "p ɚ h æ p s", "AH G R IY": "ɐ ɡ ɹ iː",
+              "L IH T AH L": "l ɪ ɾ ə l", "M AH SH IY N": "m ə ʃ iː n"}
+    for arpabet, ipa in espeak.items():
+        assert ipa in phones(arpabet), (arpabet, phones(arpabet))
+
+
+def test_cmudict_files_read_alternatives_and_fall_back_to_another_lexicon(tmp_path: Path) -> None:
+    path = tmp_path / "cmudict.dict"
+    path.write_text("cat K AE T\nread R IY D\nread(2) R EH D # past tense\nodd QQ\n;;; comment\n"
+                    "HELLO\tHH AH0 L OW1\n")  # LibriSpeech's official lexicon: upper case, tab, stress digits
+    dictionary = read_cmudict(path).spellings
+    assert set(dictionary) == {"cat", "read", "hello"} and len(dictionary["read"]) == 2  # ɹ iː d, ɹ ɛ d
+    assert dictionary["hello"] == (tuple(PHONE_IDS[p] for p in "h ə l o ʊ".split()),)
+    espeak = lexicon({"cat": ["k æ t"], "dog": ["d ɑː ɡ"], "read": ["ɹ iː d"]})
+    only = cmudict_pronunciations(["cat", "dog", "read", "zzz"], read_cmudict(path), espeak)
+    assert only.spellings["dog"] == espeak.spellings["dog"]  # CMUdict lacks it: espeak-ng's
+    assert only.spellings["read"] == tuple(dictionary["read"]) and only.skipped == ("zzz",)
+    union = cmudict_pronunciations(["read"], read_cmudict(path), espeak, keep_fallback=True)
+    assert set(union.spellings["read"]) == set(dictionary["read"]) | set(espeak.spellings["read"])
+    (tmp_path / "empty.dict").write_text("# nothing\n")
+    assert set(read_cmudict(path).skipped) == {"odd", ";;;"}
+    with pytest.raises(LanguageModelError, match="empty.dict: no usable words in CMUdict"):
+        read_cmudict(tmp_path / "empty.dict")
+
+
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_cli_pronounces_an_lm_and_tunes_phone_decoding(tone_corpus, tmp_path: Path, capsys) -> None:
     """`asr lm pronounce` + `asr tune-lm --units phones` on a model with a phone head; the stored
@@ -173,6 +214,15 @@ def test_cli_pronounces_an_lm_and_tunes_phone_decoding(tone_corpus, tmp_path: Pa
     assert main(["lm", "pronounce", lm, str(tmp_path / "lexicon.txt")]) == 0
     pronounced = read_pronunciations(tmp_path / "lexicon.txt")
     assert set(pronounced.spellings) == set(words) and (tmp_path / "lexicon.txt.espeak.json").is_file()
+    cmudict = tmp_path / "cmudict.dict"
+    cmudict.write_text(f"{words[0]} AH0 B AW1 T\n")  # one word from CMUdict, the others from espeak-ng
+    assert main(["lm", "pronounce", lm, str(tmp_path / "both.txt"), "--source", "both", "--cmudict", str(cmudict)]) == 0
+    both = read_pronunciations(tmp_path / "both.txt")
+    assert set(both.spellings) == set(words) and both.spellings[words[0]][0] == tuple(
+        PHONE_IDS[p] for p in "ɐ b a ʊ t".split()) and len(both.spellings[words[0]]) == 2
+    assert "pronunciations by CMUdict" in capsys.readouterr().out
+    assert main(["lm", "pronounce", lm, str(tmp_path / "x.txt"), "--cmudict", str(cmudict)]) != 0
+    assert "--cmudict needs --source cmudict" in capsys.readouterr().err
     assert main(["tune-lm", str(checkpoint), str(tone_corpus["valid"]), "--lm", lm, "--lexicon",
                  str(tmp_path / "lexicon.txt"), "--units", "phones", "--lm-weights", "0,1", "--word-scores", "0",
                  "--beam", "8", "--workers", "1"]) == 0

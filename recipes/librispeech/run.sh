@@ -98,7 +98,9 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
       --utterances $exp/eval/$set.jsonl --worst 5 > /dev/null
     echo "$set greedy: $(grep -E "^(WER|CER)" $exp/eval/$set.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
   done
-  [ "$lm" = "$english_lm" ] && [ ! -f "$lm" ] && asr lm english "$lm"
+  if [ "$lm" = "$english_lm" ] && [ ! -f "$lm" ]; then
+    asr lm english "$lm" || echo "warning: could not write $lm (pip install pocketsphinx); greedy only" >&2
+  fi
   if [ -n "$lm" ] && [ -f "$lm" ]; then
     tune_set=$(echo $eval_sets | cut -d' ' -f1)
     # Stored beside the model: `asr transcribe`/`evaluate`/`serve` decode with it from now on.
@@ -114,6 +116,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
     grep "^held out by speaker" $exp/eval/$tune_set-tune.txt || true
   else
     echo "no LM ($lm): greedy only"
+    rm -f $exp/eval/*-lm.txt $exp/eval/*-lm.jsonl $exp/eval/*-tune.txt  # an earlier run's LM rows would mislead
   fi
 fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
