@@ -243,9 +243,14 @@ class LiveTranscriber:
     def _final(self, buffer: np.ndarray, cut: int, speech_end: int | None) -> LiveUpdate:
         """Close the segment at buffer sample ``cut``; what follows starts the next one."""
         start = self._segment_start / self.rate
+        next_start = cut  # where the next segment begins: mid-pause, so that it keeps its lead-in
         if self.streaming and cut > 0:
             # Audio already in the stream stays in this segment: the quiet past a pause, fed before
             # the pause was long enough to judge (or, at the length cap, all the segment so far).
+            # After a pause the next segment still starts mid-pause, so the two share that quiet
+            # stretch (and any onset of the next word in it); at the cap they must not share speech.
+            if speech_end is None or speech_end >= cut:
+                next_start = max(cut, self._fed)
             cut = max(cut, self._fed)
             seconds = self._feed(buffer, cut)
             began = time.perf_counter()
@@ -262,8 +267,8 @@ class LiveTranscriber:
         update = LiveUpdate("final", self._number, text, start, start + cut / self.rate, words,
                             None if speech_end is None else start + speech_end / self.rate, seconds)
         self._number += 1
-        rest = buffer[cut:]
-        self._segment_start += cut
+        rest = buffer[next_start:]
+        self._segment_start += next_start
         self._decoded_end = self._segment_start  # the next segment's first interim waits for its own audio
         self._segment = _Segment([rest] if len(rest) else [], len(rest))
         self._stream, self._fed, self._interim_text = None, 0, ""

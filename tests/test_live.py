@@ -265,3 +265,24 @@ def test_a_streaming_segment_is_cut_at_the_length_cap() -> None:
 def test_a_bidirectional_model_says_it_does_not_stream(client: TestClient) -> None:
     assert client.get("/api/info").json()["live"]["streaming"] is False
     assert run_stream(client, np.zeros(1600, dtype=np.float32))[0]["streaming"] is False
+
+
+def test_a_streamed_segment_after_a_short_pause_keeps_its_lead_in() -> None:
+    """A stream reads past a pause before the pause is long enough to judge; the next segment
+    must still start mid-pause, with its lead-in, not where the stream stopped reading."""
+    from tests.test_streaming import recognizer_for
+
+    options = LiveOptions()
+    pause = options.pause_seconds + 0.05  # just long enough to end a segment
+    rng = np.random.default_rng(3)
+    pieces, starts, position = [], [], 0
+    for number, phrase in enumerate(PHRASES):
+        audio = tone_audio(phrase, seed=number)
+        starts.append(position / SAMPLE_RATE)
+        pieces += [audio, rng.normal(0, 0.003, int(pause * SAMPLE_RATE)).astype(np.float32)]
+        position += len(audio) + int(pause * SAMPLE_RATE)
+    closed = finals(feed(LiveTranscriber(recognizer_for("latency_controlled"), options=options),
+                         np.concatenate(pieces), seed=8, largest=1600))
+    assert len(closed) == len(PHRASES)
+    for final, start in zip(closed[1:], starts[1:]):  # the tones' soft onsets: detected up to 0.1 s late
+        assert final.start <= start - options.lead_in_seconds + 0.1, (final.start, start)
