@@ -16,6 +16,7 @@ the blank as silence would let every blank between words count twice under log-a
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -96,6 +97,11 @@ class PhoneLexiconDecoder(BeamSearchDecoder):
                 trie.insert(list(spelling), index, unigrams[index])  # smeared over the prefixes: look-ahead only
             self.dropped_homophones += [words[i] for i in indices[MAX_WORDS_PER_PRONUNCIATION:]]
         trie.smear(SmearingMode.MAX)
+        if self.dropped_homophones:  # rare words as a rule, but a user looking for one should know
+            dropped = self.dropped_homophones
+            warnings.warn(f"{len(dropped)} lexicon word(s) cannot be decoded: each shares its pronunciation with "
+                          f"{MAX_WORDS_PER_PRONUNCIATION} likelier words ({', '.join(dropped[:5])}"
+                          f"{', ...' if len(dropped) > 5 else ''})", stacklevel=3)
         self._shared = (lm, trie, words)
         return self._shared
 

@@ -79,7 +79,8 @@ def test_homophones_beyond_the_trie_limit_drop_the_least_likely(tmp_path: Path) 
     names = [f"w{i}" for i in range(MAX_WORDS_PER_PRONUNCIATION + 2)]
     entries = {name: ["t uː"] for name in names}
     lm = write_arpa(tmp_path / "lm.arpa", {name: -1.0 - i for i, name in enumerate(names)}, {"w0 w1": -1.0})
-    decoder = PhoneLexiconDecoder(lexicon(entries), BeamSearchOptions(), lm=lm)
+    with pytest.warns(UserWarning, match=r"2 lexicon word\(s\) cannot be decoded: .*\(w6, w7\)"):
+        decoder = PhoneLexiconDecoder(lexicon(entries), BeamSearchOptions(), lm=lm)
     assert decoder.dropped_homophones == names[-2:]
     assert decoder.decode_matrix(posteriors("t uː"))[0].text == "w0"
 
