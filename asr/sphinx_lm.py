@@ -122,8 +122,13 @@ def _convert(raw: bytes, source: Path, target: Path) -> tuple[int, int, int]:
     trigram_of = np.repeat(np.arange(bigrams), np.diff(middle_next))  # (trigrams,): its middle entry
     trigram_last, trigram_middle, trigram_first = bigram_last[trigram_of], bigram_first[trigram_of], longest_word
 
+    # Sphinx keeps no <unk>; written with the log10 probability KenLM would otherwise substitute
+    # (and warn about at every load), so scores are the same.
+    unknown = [] if "<unk>" in names else ["-100.0000\t<unk>\t0.0000\n"]
     with atomic_write(target) as out:
-        out.write(f"\\data\\\nngram 1={words_count}\nngram 2={bigrams}\nngram 3={trigrams}\n\n\\1-grams:\n")
+        out.write(f"\\data\\\nngram 1={words_count + len(unknown)}\nngram 2={bigrams}\nngram 3={trigrams}\n\n"
+                  "\\1-grams:\n")
+        out.writelines(unknown)
         probs = unigrams["prob"][:words_count].astype(np.float64) * LOG10_OF_BASE
         backoffs = unigrams["backoff"][:words_count].astype(np.float64) * LOG10_OF_BASE
         out.writelines(f"{p:.4f}\t{w}\t{b:.4f}\n" for p, w, b in zip(probs.tolist(), names, backoffs.tolist()))

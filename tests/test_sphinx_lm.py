@@ -53,7 +53,9 @@ def test_the_arpa_holds_every_ngram_with_sphinx_scores(tmp_path: Path) -> None:
                 order = -1
             elif order > 0 and line:
                 sections[order].append(line)
-    assert order == -1 and [len(sections[n]) for n in (1, 2, 3)] == [72547, 2051541, 1669625]
+    assert order == -1 and [len(sections[n]) for n in (1, 2, 3)] == [72547 + 1, 2051541, 1669625]
+    assert sections[1][0] == "-100.0000\t<unk>\t0.0000"  # the score KenLM gives a missing <unk>, without its warning
+    sections[1] = sections[1][1:]
     model = pocketsphinx.NGramModel(pocketsphinx.Config(), pocketsphinx.LogMath(), str(source))
     rng = random.Random(0)
     for n in (1, 2, 3):
