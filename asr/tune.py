@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections import Counter
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +37,9 @@ class Emissions:
     seconds_per_step: float  # output step length and ...
     sample_rate: int  # ... audio rate: windows' words are placed and joined as `asr evaluate` does
     units: str = "chars"  # the output they come from: chars, or the phone head
-    speakers: list[str] = field(default_factory=list)  # per utterance ("" unknown): held-out scoring by speaker
+    # Per utterance ("" unknown), for held-out scoring: manifest metadata, so never cached
+    # (a cache's caller sets them from its manifest).
+    speakers: list[str] = field(default_factory=list)
 
     @property
     def matrices(self) -> list[np.ndarray]:
@@ -97,7 +99,7 @@ def save_emissions(path: str | Path, emissions: Emissions) -> None:
                     "windows": [[(w.start, w.end, w.keep_start, w.keep_end) for w in f.windows] for f in emissions.files],
                     "durations": [f.duration for f in emissions.files],
                     "seconds_per_step": emissions.seconds_per_step, "sample_rate": emissions.sample_rate,
-                    "units": emissions.units, "speakers": emissions.speakers}, out)
+                    "units": emissions.units}, out)
 
 
 def load_emissions(path: str | Path, expected_fingerprint: str) -> Emissions | None:
@@ -112,8 +114,7 @@ def load_emissions(path: str | Path, expected_fingerprint: str) -> Emissions | N
     files = [FileEmissions(tuple(Window(*w) for w in windows), tuple(next(matrices) for _ in windows), duration)
              for windows, duration in zip(data["windows"], data["durations"])]
     return Emissions(data["ids"], data["references"], files, data["fingerprint"], data["failed"],
-                     data["seconds_per_step"], data["sample_rate"], data.get("units", "chars"),
-                     data.get("speakers") or [""] * len(data["ids"]))
+                     data["seconds_per_step"], data["sample_rate"], data.get("units", "chars"))
 
 
 @dataclass(frozen=True)
@@ -164,11 +165,24 @@ def counts_by_speaker(speakers: Sequence[str], references: Sequence[str],
     return by_speaker
 
 
+def pooled(by_speaker: dict[str, tuple[ErrorCounts, ErrorCounts]],
+           without: str | None = None) -> tuple[ErrorCounts, ErrorCounts]:
+    """(word, char) counts summed over the speakers, leaving out ``without``."""
+    zero = ErrorCounts(0, 0, 0, 0)
+    kept = [counts for speaker, counts in by_speaker.items() if speaker != without]
+    return sum((w for w, _ in kept), zero), sum((c for _, c in kept), zero)
+
+
+def tuning_row(speakers: Sequence[str], references: Sequence[str], texts: Sequence[str], lm_weight: float = 0.0,
+               word_score: float = 0.0) -> TuningRow:
+    """The errors of ``texts``, in total and per speaker."""
+    by_speaker = counts_by_speaker(speakers, references, texts)
+    return TuningRow(lm_weight, word_score, *pooled(by_speaker), by_speaker)
+
+
 def score(emissions: Emissions, texts: Sequence[str], lm_weight: float = 0.0, word_score: float = 0.0) -> TuningRow:
     texts = list(texts)
-    by_speaker = counts_by_speaker(emissions.speakers or [""] * len(texts), emissions.references, texts)
-    words, chars = (sum((counts[i] for counts in by_speaker.values()), ErrorCounts(0, 0, 0, 0)) for i in (0, 1))
-    return TuningRow(lm_weight, word_score, words, chars, by_speaker)
+    return tuning_row(emissions.speakers or [""] * len(texts), emissions.references, texts, lm_weight, word_score)
 
 
 def _rank(words: ErrorCounts, chars: ErrorCounts, metric: Literal["wer", "cer"]) -> tuple[float, float]:
@@ -186,15 +200,10 @@ def held_out_score(rows: Sequence[TuningRow], metric: Literal["wer", "cer"] = "w
     speakers = list(rows[0].by_speaker) if rows else []
     if len(speakers) < 2 or "" in speakers:
         return None
-    zero = ErrorCounts(0, 0, 0, 0)
-
-    def rank_without(row: TuningRow, speaker: str) -> tuple[float, float]:
-        others = [counts for s, counts in row.by_speaker.items() if s != speaker]
-        return _rank(sum((w for w, _ in others), zero), sum((c for _, c in others), zero), metric)
-
-    words, chars, choices = zero, zero, {}
+    words = chars = ErrorCounts(0, 0, 0, 0)
+    choices = {}
     for speaker in speakers:
-        chosen = min(rows, key=lambda row: rank_without(row, speaker))  # noqa: B023  (called at once)
+        chosen = min(rows, key=lambda row: _rank(*pooled(row.by_speaker, without=speaker), metric))  # noqa: B023
         choices[speaker] = chosen
         words, chars = words + chosen.by_speaker[speaker][0], chars + chosen.by_speaker[speaker][1]
     return HeldOutScore(words, chars, choices)

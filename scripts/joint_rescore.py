@@ -35,11 +35,10 @@ from asr.decoding import BeamSearchOptions, DecodingSettings, build_decoder
 from asr.evaluate import normalized_references
 from asr.lm import arpa_vocabulary
 from asr.manifest import read_manifest_lines
-from asr.metrics import ErrorCounts
 from asr.phone_decoding import PhoneLexiconDecoder
 from asr.pronunciations import read_pronunciations
 from asr.transcribe import load_model
-from asr.tune import TuningRow, counts_by_speaker, held_out_score
+from asr.tune import TuningRow, held_out_score, tuning_row
 
 
 @dataclass
@@ -178,10 +177,7 @@ def main() -> None:
     speakers = [u.speaker for u in utterances]
 
     def row(texts: list[str]) -> TuningRow:
-        by_speaker = counts_by_speaker(speakers, refs, texts)
-        zero = ErrorCounts(0, 0, 0, 0)
-        return TuningRow(0.0, 0.0, sum((w for w, _ in by_speaker.values()), zero),
-                         sum((c for _, c in by_speaker.values()), zero), by_speaker)
+        return tuning_row(speakers, refs, texts)
 
     lm_weights, word_scores = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0), (-2.0, -1.0, 0.0, 1.0, 2.0)
     grids = {

@@ -135,8 +135,9 @@ for name in sets:
         w = sum(r["word"]["errors"] for r in rows) / max(1, sum(r["word"]["length"] for r in rows))
         c = sum(r["char"]["errors"] for r in rows) / max(1, sum(r["char"]["length"] for r in rows))
         lines.append(f"| {name} | {decoding} | {100 * w:.2f} | {100 * c:.2f} |")
-held_out = [line for line in (exp / "eval" / f"{sets[0]}-tune.txt").read_text().splitlines()
-            if line.startswith("held out by speaker")] if (exp / "eval" / f"{sets[0]}-tune.txt").exists() else []
+tune_log = exp / "eval" / f"{sets[0]}-tune.txt"
+held_out = [line for line in tune_log.read_text().splitlines()
+            if line.startswith("held out by speaker")] if tune_log.exists() else []
 lines += [f"\n{sets[0]} beam + LM, {held_out[0]}"] if held_out else []
 history = [json.loads(l) for l in open(exp / "metrics.jsonl")]
 lines += ["", "| epoch | train min | train loss | valid WER % | valid CER % |", "|---|---|---|---|---|"]
