@@ -3,7 +3,7 @@
 #   bash recipes/librispeech/run.sh CONFIG [--stage N] [--stop-stage N] [--gpus N] [--data DIR] [--mirror URL]
 #   bash recipes/librispeech/run.sh cpu-small --data-dir ../shared/data/librispeech_finetuning
 #   ... -- section.key=value ...    (config overrides passed on to training, e.g. model.cell=gru)
-# CONFIG is a name in recipes/librispeech/conf (mini, libri-light-10h, 100h, 460h, 960h, cpu-small, cpu-small-stream: cpu-small as a streaming LC-BLSTM).
+# CONFIG is a name in recipes/librispeech/conf (mini, libri-light-10h, 100h, 460h, 960h, cpu-small, cpu-small-stream: cpu-small with streaming forward-only layers).
 # Stages: 1 download + manifests (+ the official LMs), 2 train (normalisation stats first;
 # resumes), 3 average the last 5 epochs, 4 evaluate on dev/test clean/other, greedy and (with an
 # LM) beam search + LM tuned on the first eval set, 5 write $exp/RESULTS.md.
