@@ -453,7 +453,8 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
     from asr.manifest import ManifestError, read_manifest_lines
     from asr.package import resolve_model, store_tuned_settings, tuned_settings_target
     from asr.transcribe import load_model
-    from asr.tune import compute_emissions, fingerprint, load_emissions, save_emissions, tune_lm
+    from asr.tune import (TuningResult, best_tuning, compute_emissions, fingerprint, load_emissions, save_emissions,
+                          tune_lm)
 
     if args.out:
         problem = output_file_problem("--out", args.out)
@@ -462,6 +463,13 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     else:
         tuned_settings_target(args.checkpoint)  # refuses hf:// before the work, not after
+    tuned_units = list(dict.fromkeys(args.units))
+    # A pronunciation lexicon for the phones: --phone-lexicon, or --lexicon when phones are all that is tuned.
+    phone_lexicon = args.phone_lexicon or (args.lexicon if tuned_units == ["phones"] else None)
+    if "phones" in tuned_units and not phone_lexicon:
+        print("error: --units phones needs a pronunciation lexicon (`asr lm pronounce LM OUT`): --phone-lexicon "
+              "(or --lexicon when only phones are tuned)", file=sys.stderr)
+        return EXIT_USAGE
     reading = read_manifest_lines(args.manifest)
     for problem in reading.problems:
         print(f"warning: skipped {problem}", file=sys.stderr)
@@ -470,58 +478,70 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
     utterances = reading.utterances
     model = resolve_model(args.checkpoint)  # once: hf:// is looked up in the Hub cache (or online)
     recognizer = load_model(model, device=args.device, decoding=DecodingSettings())  # emissions only
-    units = args.units
-    if units == "phones":
-        if recognizer.model.phone_output is None:
-            print(f"error: {args.checkpoint}: --units phones needs a model trained with a phone head "
-                  "(model.phone_ctc_weight > 0)", file=sys.stderr)
-            return EXIT_USAGE
-        if not args.lexicon:
-            print("error: --units phones needs --lexicon, a pronunciation lexicon (`asr lm pronounce LM OUT`)",
-                  file=sys.stderr)
-            return EXIT_USAGE
-    recognizer.units = units  # which output the emissions come from
-    identity = fingerprint(model, utterances, recognizer.window_seconds, units)
-    emissions = load_emissions(args.emissions_cache, identity) if args.emissions_cache else None
-    if emissions is None:
-        labels = [f"{args.manifest}:{n}" for n in reading.line_numbers]
-        emissions = compute_emissions(recognizer, utterances, identity, labels)
-        if args.emissions_cache:
-            save_emissions(args.emissions_cache, emissions)
-    else:
-        print(f"emissions from {args.emissions_cache}", file=sys.stderr)
+    if "phones" in tuned_units and recognizer.model.phone_output is None:
+        print(f"error: {args.checkpoint}: --units phones needs a model trained with a phone head "
+              "(model.phone_ctc_weight > 0)", file=sys.stderr)
+        return EXIT_USAGE
     speaker_of = {u.id: u.speaker for u in utterances}  # the manifest's, never a cache's: held-out scoring
-    emissions.speakers = [speaker_of.get(i, "") for i in emissions.ids]
-    for failure in emissions.failed:
-        print(f"warning: skipped {failure}", file=sys.stderr)
-    if not emissions.ids:
-        raise ManifestError(f"{args.manifest}: none of its utterances could be scored")
     resolve = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731  (settings outlive the cwd)
-    base = DecodingSettings("beam", resolve(args.lm), resolve(args.lexicon),
-                            BeamSearchOptions(beam_size=args.beam, beam_threshold=args.beam_threshold), units)
 
     def show(row) -> None:
         print(f"  lm_weight {row.lm_weight:5.2f}  word_score {row.word_score:5.2f}  "
               f"WER {100 * row.words.rate:6.2f} %  CER {100 * row.chars.rate:6.2f} %", flush=True)
 
-    print(f"{len(emissions.ids)} utterances; grid {len(args.lm_weights)} LM weights x {len(args.word_scores)} word scores")
-    result = tune_lm(emissions, recognizer.vocabulary, base, args.lm_weights, args.word_scores, args.workers,
-                     progress=show, metric=args.metric)
-    g, best = result.greedy, result.best_row
-    if g is not None:
-        print(f"greedy: WER {100 * g.words.rate:.2f} %, CER {100 * g.chars.rate:.2f} %")
-    print(f"best:   WER {100 * best.words.rate:.2f} %, CER {100 * best.chars.rate:.2f} % at lm_weight {best.lm_weight:g}, "
-          f"word_score {best.word_score:g} (beam {args.beam})")
-    if result.held_out is not None:
-        held = result.held_out
-        print(f"held out by speaker: WER {100 * held.words.rate:.2f} %, CER {100 * held.chars.rate:.2f} % "
-              f"(each of {len(held.choices)} speakers scored at the pair best on the others; "
-              f"LM weight/word score chosen: {held.summary()})")
+    results: dict[str, TuningResult] = {}
+    for units in tuned_units:
+        if len(tuned_units) > 1:
+            print(f"== units {units}")
+        recognizer.units = units  # which output the emissions come from
+        identity = fingerprint(model, utterances, recognizer.window_seconds, units)
+        # One cache per output: the characters' at the path given, the phones' beside it.
+        cache = args.emissions_cache
+        if cache and units != "chars":
+            cache = str(Path(cache).with_suffix(f".{units}{Path(cache).suffix}"))
+        emissions = load_emissions(cache, identity) if cache else None
+        if emissions is None:
+            labels = [f"{args.manifest}:{n}" for n in reading.line_numbers]
+            emissions = compute_emissions(recognizer, utterances, identity, labels)
+            if cache:
+                save_emissions(cache, emissions)
+        else:
+            print(f"emissions from {cache}", file=sys.stderr)
+        emissions.speakers = [speaker_of.get(i, "") for i in emissions.ids]
+        for failure in emissions.failed:
+            print(f"warning: skipped {failure}", file=sys.stderr)
+        if not emissions.ids:
+            raise ManifestError(f"{args.manifest}: none of its utterances could be scored")
+        lexicon = phone_lexicon if units == "phones" else args.lexicon
+        base = DecodingSettings("beam", resolve(args.lm), resolve(lexicon),
+                                BeamSearchOptions(beam_size=args.beam, beam_threshold=args.beam_threshold), units)
+        print(f"{len(emissions.ids)} utterances; grid {len(args.lm_weights)} LM weights x "
+              f"{len(args.word_scores)} word scores")
+        result = results[units] = tune_lm(emissions, recognizer.vocabulary, base, args.lm_weights, args.word_scores,
+                                          args.workers, progress=show, metric=args.metric)
+        g, best = result.greedy, result.best_row
+        if g is not None:
+            print(f"greedy: WER {100 * g.words.rate:.2f} %, CER {100 * g.chars.rate:.2f} %")
+        print(f"best:   WER {100 * best.words.rate:.2f} %, CER {100 * best.chars.rate:.2f} % at lm_weight "
+              f"{best.lm_weight:g}, word_score {best.word_score:g} (beam {args.beam})")
+        if result.held_out is not None:
+            held = result.held_out
+            print(f"held out by speaker: WER {100 * held.words.rate:.2f} %, CER {100 * held.chars.rate:.2f} % "
+                  f"(each of {len(held.choices)} speakers scored at the pair best on the others; "
+                  f"LM weight/word score chosen: {held.summary()})")
+    chosen = best_tuning(results, args.metric)
+    if len(results) > 1:
+        held = all(r.held_out is not None for r in results.values())
+        counts = {units: (r.held_out if held and r.held_out else r.best_row) for units, r in results.items()}
+        scores = ", ".join(f"{units} {100 * (c.chars if args.metric == 'cer' else c.words).rate:.2f} %"
+                           for units, c in counts.items())
+        print(f"chosen: units {chosen} ({args.metric.upper()} {'held out by speaker' if held else 'at the best pair'}: "
+              f"{scores})")
     if args.out:
-        save_decoding_settings(args.out, result.best)
+        save_decoding_settings(args.out, results[chosen].best)
         print(f"stored in {args.out}")
     else:
-        out = store_tuned_settings(model, result.best)
+        out = store_tuned_settings(model, results[chosen].best)
         copied = " (the LM and lexicon copied into the folder)" if Path(model).is_dir() else ""
         print(f"stored in {out}{copied}: `asr transcribe`/`asr evaluate` with this model now use it (--greedy to not)")
     return EXIT_OK
@@ -559,6 +579,13 @@ def positive_float(text: str) -> float:
 
 def float_list(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
+
+
+def units_list(text: str) -> list[str]:
+    units = [x.strip() for x in text.split(",") if x.strip()]
+    if not units or set(units) - {"chars", "phones"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: chars, phones or chars,phones")
+    return units
 
 
 MODEL_HELP = "checkpoint written by 'asr train', model folder ('asr package') or hf://ORG/NAME"
@@ -720,10 +747,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("checkpoint")
     tune.add_argument("manifest", help="dev manifest (JSONL) with reference transcripts")
     tune.add_argument("--lm", required=True, help="KenLM word or character LM")
-    tune.add_argument("--lexicon", help="lexicon or word list (default: the ARPA's words); with --units phones a "
-                      "pronunciation lexicon (`asr lm pronounce`)")
-    tune.add_argument("--units", choices=["chars", "phones"], default="chars",
-                      help="tune decoding of the character output (default) or of the phone head (phone decoding)")
+    tune.add_argument("--lexicon", help="lexicon or word list for the characters (default: the ARPA's words); with "
+                      "--units phones alone, the pronunciation lexicon")
+    tune.add_argument("--phone-lexicon", help="pronunciation lexicon for --units phones (`asr lm pronounce`)")
+    tune.add_argument("--units", type=units_list, default=["chars"],
+                      help="chars (default: the character output), phones (the phone head through --phone-lexicon) "
+                      "or chars,phones: tune each and store the one that scores best (held out by speaker when "
+                      "the manifest names two or more)")
     tune.add_argument("--lm-weights", type=float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
                       help="comma-separated grid (default 0,0.25,0.5,0.75,1,1.5,2)")
     tune.add_argument("--word-scores", type=float_list, default=[-2.0, -1.0, 0.0, 1.0, 2.0],
@@ -733,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--beam", type=int, default=100, help="beam size (default 100)")
     tune.add_argument("--beam-threshold", type=float, default=25.0)
     tune.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: cores)")
-    tune.add_argument("--emissions-cache", help="keep the acoustic model's outputs here between runs")
+    tune.add_argument("--emissions-cache", help="keep the acoustic model's outputs here between runs (the phone "
+                      "head's beside it: NAME.phones.pt for NAME.pt)")
     tune.add_argument("--out", help="settings file instead of the model's own: by default CHECKPOINT.decoding.yaml, "
                       "or for a model folder its decoding.yaml, with the LM and lexicon copied into the folder so "
                       "that it can still move (read by transcribe/evaluate); required for hf:// models")

@@ -209,6 +209,21 @@ def held_out_score(rows: Sequence[TuningRow], metric: Literal["wer", "cer"] = "w
     return HeldOutScore(words, chars, choices)
 
 
+def tuned_rank(result: TuningResult, metric: Literal["wer", "cer"] = "wer",
+               held_out: bool = True) -> tuple[float, float]:
+    """How good a tuning is, lower better: its held-out score (``held_out`` and one exists), else its best row's."""
+    if held_out and result.held_out is not None:
+        return _rank(result.held_out.words, result.held_out.chars, metric)
+    return _rank(result.best_row.words, result.best_row.chars, metric)
+
+
+def best_tuning(results: dict[str, TuningResult], metric: Literal["wer", "cer"] = "wer") -> str:
+    """The key (units) of the tuning that decodes best. Held-out scores are compared when every
+    result has one: the best rows' would favour the search with more ways to fit the dev set."""
+    held_out = all(result.held_out is not None for result in results.values())
+    return min(results, key=lambda units: tuned_rank(results[units], metric, held_out))
+
+
 def tune_lm(
     emissions: Emissions,
     vocabulary: CharVocabulary,

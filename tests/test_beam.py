@@ -314,3 +314,32 @@ def test_held_out_scoring_counts_each_speaker_at_the_others_best_pair():
     assert scored.words == ErrorCounts(1, 1, 0, 4)
     with pytest.raises(ValueError, match="2 hypotheses"):
         score(emissions, ["a cat", "a dog"])
+
+
+def test_the_output_stored_is_the_one_better_held_out_by_speaker():
+    """chars vs phones: compared held out when both have a held-out score (the best rows favour
+    whichever fits the dev set more), else at their best rows; ties keep the first named."""
+    from asr.decoding import DecodingSettings
+    from asr.metrics import ErrorCounts
+    from asr.tune import HeldOutScore, TuningResult, TuningRow, best_tuning
+
+    def words(errors: int) -> ErrorCounts:  # out of 10 reference words
+        return ErrorCounts(errors, 0, 0, 10 - errors)
+
+    chars = ErrorCounts(1, 0, 0, 49)
+
+    def result(best: int, held: int | None) -> TuningResult:
+        row = TuningRow(1.0, 0.0, words(best), chars)
+        held_out = HeldOutScore(words(held), chars, {}) if held is not None else None
+        return TuningResult(None, [row], row, DecodingSettings("beam"), held_out)
+
+    # phones fit the dev set better at their best pair, but chars are better held out
+    assert best_tuning({"chars": result(4, 5), "phones": result(3, 6)}) == "chars"
+    assert best_tuning({"chars": result(4, 6), "phones": result(5, 5)}) == "phones"
+    # without a held-out score on one side, both are compared at their best rows
+    assert best_tuning({"chars": result(4, 5), "phones": result(3, None)}) == "phones"
+    assert best_tuning({"chars": result(4, 5), "phones": result(4, 5)}) == "chars"
+    # --metric cer ranks by CER first
+    worse_cer_row = TuningRow(1.0, 0.0, words(0), ErrorCounts(9, 0, 0, 41))
+    worse_cer = TuningResult(None, [worse_cer_row], worse_cer_row, DecodingSettings("beam"))
+    assert best_tuning({"chars": worse_cer, "phones": result(4, None)}, "cer") == "phones"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr.decoding import BeamSearchOptions, DecodingSettings
+from asr.decoding import BeamSearchOptions, DecodingSettings, load_decoding_settings
 from asr.lm import LanguageModelError, Lexicon
 from asr.phone_decoding import MAX_WORDS_PER_PRONUNCIATION, PhoneLexiconDecoder
 from asr.phones import NUM_PHONE_LABELS, PHONE_IDS
@@ -229,6 +229,21 @@ def test_cli_pronounces_an_lm_and_tunes_phone_decoding(tone_corpus, tmp_path: Pa
                  "--beam", "8", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "greedy:" not in out and "best:" in out
+    # Both outputs on one grid: each tuned, the better stored (here in a file of its own).
+    tune = ["tune-lm", str(checkpoint), str(tone_corpus["valid"]), "--lm", lm, "--lm-weights", "0,1",
+            "--word-scores", "0", "--beam", "8", "--workers", "1", "--out", str(tmp_path / "both.yaml")]
+    assert main([*tune, "--units", "chars,phones"]) == 2
+    assert "needs a pronunciation lexicon" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*tune, "--units", "chars,words"])
+    assert main([*tune, "--units", "chars,phones", "--phone-lexicon", str(tmp_path / "lexicon.txt"),
+                 "--emissions-cache", str(tmp_path / "dev.emissions.pt")]) == 0
+    out = capsys.readouterr().out
+    assert out.index("== units chars") < out.index("greedy:") < out.index("== units phones")
+    chosen = next(line for line in out.splitlines() if line.startswith("chosen: units")).split()[2]
+    assert load_decoding_settings(tmp_path / "both.yaml").units == chosen
+    # one emissions cache per output, beside each other
+    assert (tmp_path / "dev.emissions.pt").is_file() and (tmp_path / "dev.emissions.phones.pt").is_file()
     audio = sorted((tone_corpus["root"] / "valid").glob("*.flac"))[0]
     assert main(["transcribe", str(checkpoint), str(audio), "--format", "json"]) == 0
     captured = capsys.readouterr()

@@ -6,7 +6,8 @@
 # CONFIG is a name in recipes/librispeech/conf (mini, libri-light-10h, 100h, 460h, 960h, cpu-small, cpu-small-stream: cpu-small with streaming forward-only layers).
 # Stages: 1 download + manifests (+ the official LMs), 2 train (normalisation stats first;
 # resumes), 3 average the last 5 epochs, 4 evaluate on dev/test clean/other, greedy and (with an
-# LM) beam search + LM tuned on the first eval set, 5 write $exp/RESULTS.md.
+# LM) beam search + LM tuned on the first eval set: the characters, and with a phone head also its
+# phones through a pronunciation lexicon (espeak-ng + CMUdict); the better is kept. 5 write $exp/RESULTS.md.
 # --data-dir DIR uses any LibriSpeech-layout folder instead: split by speaker into train/dev.
 # --lm FILE decodes with that word LM (default with LibriSpeech: the official pruned 3-gram; with
 # --data-dir: CMU Sphinx's US English trigram). Stage 4 stores the tuned LM settings beside the model.
@@ -54,6 +55,10 @@ else
              data.valid_manifest=$data/manifests/$(echo $eval_sets | cut -d' ' -f1).jsonl)
 fi
 
+# A phone head (model.phone_ctc_weight > 0): trained on espeak-ng phones, and decoded in stage 4.
+phones=$(python -c "import sys; from asr.config import load_config; print(int(load_config(sys.argv[1], sys.argv[2:]).model.phone_ctc_weight > 0))" \
+  "$conf" "${user_overrides[@]}")
+
 if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   echo "== stage 1: data"
   if [ -n "$data_dir" ]; then
@@ -65,9 +70,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
 fi
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   echo "== stage 2: train ($gpus process(es))"
-  # The auxiliary phone CTC loss phonemises the training transcripts with espeak-ng.
-  phones=$(python -c "import sys; from asr.config import load_config; print(int(load_config(sys.argv[1], sys.argv[2:]).model.phone_ctc_weight > 0))" \
-    "$conf" "${user_overrides[@]}")
+  # The phone CTC loss phonemises the training transcripts with espeak-ng.
   [ "$phones" = 1 ] && bash scripts/ensure_espeak.sh
   if [ "$gpus" -gt 1 ]; then
     torchrun --standalone --nproc_per_node "$gpus" -m asr.train "$conf" "${overrides[@]}" "${user_overrides[@]}"
@@ -103,17 +106,31 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   fi
   if [ -n "$lm" ] && [ -f "$lm" ]; then
     tune_set=$(echo $eval_sets | cut -d' ' -f1)
-    # Stored beside the model: `asr transcribe`/`evaluate`/`serve` decode with it from now on.
-    asr tune-lm $model $data/manifests/$tune_set.jsonl --lm "$lm" "${tune_grid[@]}" \
+    units=(--units chars)
+    if [ "$phones" = 1 ]; then
+      # The phone head decodes through a pronunciation lexicon of the LM's words: espeak-ng's
+      # readings and CMUdict's (LibriSpeech's official lexicon when stage 1 fetched it), built
+      # once (espeak-ng's output cached beside it).
+      lexicon=$data/lm/$(basename "${lm%%.arpa*}").lexicon.txt
+      cmudict=(); official_lexicon=$data/lm/librispeech-lexicon.txt
+      [ -z "$data_dir" ] && [ -f $official_lexicon ] && cmudict=(--cmudict $official_lexicon)
+      [ -f "$lexicon" ] || asr lm pronounce "$lm" "$lexicon" --source both "${cmudict[@]}" \
+        || echo "warning: could not write $lexicon; tuning the characters only" >&2
+      [ -f "$lexicon" ] && units=(--units chars,phones --phone-lexicon "$lexicon")
+    fi
+    # Each output tuned on the same grid; the one better held out by speaker is stored beside the
+    # model: `asr transcribe`/`evaluate`/`serve` decode with it from now on.
+    asr tune-lm $model $data/manifests/$tune_set.jsonl --lm "$lm" "${units[@]}" "${tune_grid[@]}" \
       --emissions-cache $exp/eval/$tune_set.emissions.pt | tee $exp/eval/$tune_set-tune.txt
+    chosen=$(sed -n 's/^chosen: units \([a-z]*\).*/\1/p' $exp/eval/$tune_set-tune.txt); chosen=${chosen:-chars}
     for set in $eval_sets; do
       asr evaluate $model $data/manifests/$set.jsonl --report $exp/eval/$set-lm.txt \
         --utterances $exp/eval/$set-lm.jsonl --worst 5 > /dev/null
-      echo "$set beam+LM: $(grep -E "^(WER|CER)" $exp/eval/$set-lm.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
+      echo "$set beam+LM ($chosen): $(grep -E "^(WER|CER)" $exp/eval/$set-lm.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
     done
-    # The tuning set is scored at settings chosen on it; this line scores each of its speakers
-    # at the settings best on the others (the honest figure when dev both tunes and scores).
-    grep "^held out by speaker" $exp/eval/$tune_set-tune.txt || true
+    # The tuning set is scored at settings chosen on it; "held out by speaker" scores each of its
+    # speakers at the settings best on the others (the honest figure when dev both tunes and scores).
+    grep -E "^(== units|held out by speaker|chosen)" $exp/eval/$tune_set-tune.txt || true
   else
     echo "no LM ($lm): greedy only"
     rm -f $exp/eval/*-lm.txt $exp/eval/*-lm.jsonl $exp/eval/*-tune.txt  # an earlier run's LM rows would mislead
@@ -125,6 +142,10 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
 import json, sys, datetime
 from pathlib import Path
 exp, model, conf, sets = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+tune_log = exp / "eval" / f"{sets[0]}-tune.txt"
+tuning = tune_log.read_text().splitlines() if tune_log.exists() else []
+# tune-lm's "chosen: units X" line when it tuned both outputs (chars and the phone head).
+chosen = "".join(f" ({line.split()[2]})" for line in tuning if line.startswith("chosen: units"))
 lines = [f"# {conf} ({datetime.date.today()})", "", f"model: `{model}`", "",
          "| set | decoding | WER % | CER % |", "|---|---|---|---|"]
 for name in sets:
@@ -134,11 +155,13 @@ for name in sets:
         rows = [json.loads(l) for l in open(exp / "eval" / f"{name}{suffix}.jsonl")]
         w = sum(r["word"]["errors"] for r in rows) / max(1, sum(r["word"]["length"] for r in rows))
         c = sum(r["char"]["errors"] for r in rows) / max(1, sum(r["char"]["length"] for r in rows))
-        lines.append(f"| {name} | {decoding} | {100 * w:.2f} | {100 * c:.2f} |")
-tune_log = exp / "eval" / f"{sets[0]}-tune.txt"
-held_out = [line for line in tune_log.read_text().splitlines()
-            if line.startswith("held out by speaker")] if tune_log.exists() else []
-lines += [f"\n{sets[0]} beam + LM, {held_out[0]}"] if held_out else []
+        lines.append(f"| {name} | {decoding}{chosen if suffix else ''} | {100 * w:.2f} | {100 * c:.2f} |")
+units, held_out = "chars", []  # "== units X" heads each output's section when tune-lm tuned both
+for line in tuning:
+    units = line.split()[-1] if line.startswith("== units") else units
+    if line.startswith("held out by speaker"):
+        held_out.append(f"\n{sets[0]} beam + LM ({units}), {line}")
+lines += held_out
 history = [json.loads(l) for l in open(exp / "metrics.jsonl")]
 lines += ["", "| epoch | train min | train loss | valid WER % | valid CER % |", "|---|---|---|---|---|"]
 lines += [f"| {m['epoch']} | {m['train_minutes']:.1f} | {m['train_loss']:.3f} | {100 * m['valid_wer']:.2f} | "
