@@ -241,14 +241,15 @@ class SpeechRecognizer:
                 tuple(w for w, _ in parts), tuple(m for _, m in parts), len(waveform) / self.sample_rate))  # type: ignore[misc]
         return results
 
-    def transcribe(self, paths: Iterable[str | Path]) -> list[Transcription]:
-        """Transcribe files; a file that cannot be read gets ``error`` set, the rest go on.
+    def transcribe(self, paths: str | Path | Iterable[str | Path]) -> list[Transcription]:
+        """Transcribe files (or one: a single path is a list of one); a file that cannot be read
+        gets ``error`` set, the rest go on.
 
         Files are read a group at a time (at most FILES_PER_GROUP files, GROUP_SECONDS of
         audio), so memory stays bounded for any number of files; files longer than
         ``window_seconds`` are cut into windows (:func:`plan_windows`) and stitched.
         """
-        paths = [str(p) for p in paths]
+        paths = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]  # never a str's letters
         results: list[Transcription | None] = [None] * len(paths)
         # Greedy decoding is too cheap to ship to worker processes.
         workers = self.workers if isinstance(self.decoder, BeamSearchDecoder) else 1

@@ -72,6 +72,17 @@ def test_truncated_wav_is_transcribed_with_a_warning(trained_checkpoint, tmp_pat
     assert f"warning: {tmp_path / 'half.wav'}: file is truncated" in captured.err
 
 
+def test_one_path_is_one_file_never_its_letters(trained_checkpoint, tmp_path):
+    from asr.transcribe import load_model
+
+    soundfile.write(tmp_path / "a.wav", tone_audio("bed deed"), SAMPLE_RATE, subtype="PCM_16")
+    recognizer = load_model(trained_checkpoint)
+    for one in (str(tmp_path / "a.wav"), tmp_path / "a.wav"):
+        (result,) = recognizer.transcribe(one)
+        assert result.ok and result.path == str(tmp_path / "a.wav")
+    assert recognizer.transcribe(one)[0].text == recognizer.transcribe([one])[0].text
+
+
 def test_word_times_never_pass_the_end_of_the_file():
     step = 0.03
     # A word whose last step ends one step after the audio (the last output step reaches past it).
