@@ -453,8 +453,8 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
     from asr.manifest import ManifestError, read_manifest_lines
     from asr.package import resolve_model, store_tuned_settings, tuned_settings_target
     from asr.transcribe import load_model
-    from asr.tune import (TuningResult, best_tuning, compute_emissions, fingerprint, load_emissions, save_emissions,
-                          tune_lm)
+    from asr.tune import (TuningResult, best_tuning, compared_scores, compute_emissions, fingerprint, load_emissions,
+                          save_emissions, tune_lm)
 
     if args.out:
         problem = output_file_problem("--out", args.out)
@@ -531,10 +531,9 @@ def cmd_tune_lm(args: argparse.Namespace) -> int:
                   f"LM weight/word score chosen: {held.summary()})")
     chosen = best_tuning(results, args.metric)
     if len(results) > 1:
-        held = all(r.held_out is not None for r in results.values())
-        counts = {units: (r.held_out if held and r.held_out else r.best_row) for units, r in results.items()}
-        scores = ", ".join(f"{units} {100 * (c.chars if args.metric == 'cer' else c.words).rate:.2f} %"
-                           for units, c in counts.items())
+        held, compared = compared_scores(results)  # what best_tuning compared
+        scores = ", ".join(f"{units} {100 * (chars if args.metric == 'cer' else words).rate:.2f} %"
+                           for units, (words, chars) in compared.items())
         print(f"chosen: units {chosen} ({args.metric.upper()} {'held out by speaker' if held else 'at the best pair'}: "
               f"{scores})")
     if args.out:

@@ -209,19 +209,19 @@ def held_out_score(rows: Sequence[TuningRow], metric: Literal["wer", "cer"] = "w
     return HeldOutScore(words, chars, choices)
 
 
-def tuned_rank(result: TuningResult, metric: Literal["wer", "cer"] = "wer",
-               held_out: bool = True) -> tuple[float, float]:
-    """How good a tuning is, lower better: its held-out score (``held_out`` and one exists), else its best row's."""
-    if held_out and result.held_out is not None:
-        return _rank(result.held_out.words, result.held_out.chars, metric)
-    return _rank(result.best_row.words, result.best_row.chars, metric)
+def compared_scores(results: dict[str, TuningResult]) -> tuple[bool, dict[str, tuple[ErrorCounts, ErrorCounts]]]:
+    """The (word, char) errors each tuning is compared at, and whether they are held out by
+    speaker: they are when every result has a held-out score (the best rows would favour the
+    search with more ways to fit the dev set), else each result's best row."""
+    held_out = all(result.held_out is not None for result in results.values())
+    return held_out, {units: (result.held_out.words, result.held_out.chars) if result.held_out and held_out
+                      else (result.best_row.words, result.best_row.chars) for units, result in results.items()}
 
 
 def best_tuning(results: dict[str, TuningResult], metric: Literal["wer", "cer"] = "wer") -> str:
-    """The key (units) of the tuning that decodes best. Held-out scores are compared when every
-    result has one: the best rows' would favour the search with more ways to fit the dev set."""
-    held_out = all(result.held_out is not None for result in results.values())
-    return min(results, key=lambda units: tuned_rank(results[units], metric, held_out))
+    """The key (units) of the tuning that decodes best at :func:`compared_scores`; ties: the first."""
+    _, scores = compared_scores(results)
+    return min(scores, key=lambda units: _rank(*scores[units], metric))
 
 
 def tune_lm(
