@@ -149,7 +149,7 @@ class ModelConfig:
     # (exact); packed: one cuDNN/oneDNN call over a PackedSequence. auto = padded, the faster
     # on a 2-core CPU (~4x) and on an H100 (1.1-1.5x; scripts/bench_gpu.py).
     rnn_input: Literal["auto", "packed", "padded"] = "auto"
-    # Auxiliary CTC loss over espeak-ng phones (asr/phones.py) on layer phone_ctc_layer's output,
+    # Auxiliary CTC loss over espeak-ng phones (asr/data/phones.py) on layer phone_ctc_layer's output,
     # added to the character loss with this weight in training; 0 = off (no phone head).
     phone_ctc_weight: float = 0.0
     phone_ctc_layer: int = 2  # 1-based recurrent layer that feeds the phone head

@@ -33,12 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.config import load_config  # noqa: E402
-from asr.data import Batch, BucketBatchSampler, frame_counts, read_manifest  # noqa: E402
-from asr.decoding import BeamSearchOptions, DecodingSettings  # noqa: E402
-from asr.features import FeatureFrontend  # noqa: E402
-from asr.metrics import ErrorCounts, error_counts, wer  # noqa: E402
-from asr.model import AcousticModel  # noqa: E402
-from asr.transcribe import load_model  # noqa: E402
+from asr.data.dataset import Batch, BucketBatchSampler, frame_counts, read_manifest  # noqa: E402
+from asr.decoding.beam import BeamSearchOptions, DecodingSettings  # noqa: E402
+from asr.model.features import FeatureFrontend  # noqa: E402
+from asr.scoring.metrics import ErrorCounts, error_counts, wer  # noqa: E402
+from asr.model.network import AcousticModel  # noqa: E402
+from asr.inference.recognizer import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_CONFIGS = {"cpu-small": ROOT / "recipes/librispeech/conf/cpu-small.yaml",
@@ -117,7 +117,7 @@ def lstm_flops_per_output_step(model: AcousticModel, vocab: int) -> float:
 
 
 def bench_training(manifest: str | None, peaks: dict[str, float], repeats: int, model_sizes: list[str]) -> None:
-    from asr.train import autocast, ctc_loss
+    from asr.training.loop import autocast, ctc_loss
 
     torch.manual_seed(0)
     configs = {name: load_config(path) for name, path in RECIPE_CONFIGS.items()}
@@ -196,7 +196,7 @@ def bench_inference(checkpoint: str, utterances, lm: str | None, lexicon: str | 
                f"{rtfs[('fp32', 1)] / rtfs[(precision, 1)]:.2f} x", ">= 1.5 x at <= 2 % rel. WER")
     if lm:
         tuned = Path(checkpoint + ".decoding.yaml")
-        from asr.decoding import load_decoding_settings
+        from asr.decoding.beam import load_decoding_settings
 
         settings = load_decoding_settings(tuned) if tuned.is_file() else DecodingSettings("beam", lm, lexicon, BeamSearchOptions())
         for threads in sorted({1, cores}):
@@ -213,9 +213,9 @@ def bench_onnxruntime(checkpoint: str, utterances, cores: int) -> None:
     except ImportError:
         report("inference", "onnxruntime not installed (pip install -e .[export])", "-")
         return
-    from asr.audio import load_audio
-    from asr.decoding import GreedyDecoder
-    from asr.export import export_onnx
+    from asr.data.audio import load_audio
+    from asr.decoding.beam import GreedyDecoder
+    from asr.deploy.export import export_onnx
 
     recognizer = load_model(checkpoint, decoding=DecodingSettings())  # acoustic speed: greedy
     decoder = GreedyDecoder(recognizer.vocabulary)
@@ -244,8 +244,8 @@ def bench_pocketsphinx(utterances, our_rtf: float | None) -> None:
     except ImportError:
         report("pocketsphinx", "not installed (pip install pocketsphinx)", "-")
         return
-    from asr.audio import load_audio
-    from asr.text import normalize_text
+    from asr.data.audio import load_audio
+    from asr.data.text import normalize_text
 
     decoder = Decoder(samprate=16000)
     texts, audio_seconds = [], 0.0
@@ -265,7 +265,7 @@ def bench_pocketsphinx(utterances, our_rtf: float | None) -> None:
 
 def bench_long_audio(checkpoint: str, utterances, minutes: float) -> None:
     """A recording made by concatenating dev utterances (0.5 s pauses) up to ``minutes``."""
-    from asr.audio import load_audio
+    from asr.data.audio import load_audio
 
     pieces, order, total = [], [], 0.0
     pause = np.zeros(8000, dtype=np.float32)

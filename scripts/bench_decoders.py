@@ -25,17 +25,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr.data import read_manifest  # noqa: E402
-from asr.decoding import (  # noqa: E402
+from asr.data.dataset import read_manifest  # noqa: E402
+from asr.decoding.beam import (  # noqa: E402
     BeamSearchDecoder,
     BeamSearchOptions,
     DecodingSettings,
     GreedyDecoder,
     load_decoding_settings,
 )
-from asr.lm import arpa_vocabulary, read_lexicon  # noqa: E402
-from asr.transcribe import load_model  # noqa: E402
-from asr.tune import compute_emissions, fingerprint, score  # noqa: E402
+from asr.lm.lexicon import arpa_vocabulary, read_lexicon  # noqa: E402
+from asr.inference.recognizer import load_model  # noqa: E402
+from asr.scoring.tune import compute_emissions, fingerprint, score  # noqa: E402
 
 
 def timed(decode, matrices, repeats: int) -> tuple[list[str], float]:

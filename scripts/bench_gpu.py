@@ -5,14 +5,14 @@ data loader keeps the device busy. One table; every figure measured in this run.
 
 Sections:
   env     the device, torch, CUDA and cuDNN versions.
-  rnn     asr.train.train_step (features on the device, SpecAugment, CTC, AdamW) of the
+  rnn     asr.training.loop.train_step (features on the device, SpecAugment, CTC, AdamW) of the
           cpu-small, 100h and 960h recipe models on one full batch of each recipe's frame
           budget (12 s utterances of bucketed lengths), per recurrent input path and precision:
           audio-s/s (median of --steps steps after 2 warm-up steps) and peak device memory.
           Paths (model.rnn_input): "padded" (each direction its own call over padded input,
           the default) and "packed" (both directions' weights in one bidirectional cuDNN call
           over a PackedSequence).
-  loader  `asr.train.train` end to end with the 100h recipe (bf16, 5 x 512) on a synthetic
+  loader  `asr.training.loop.train` end to end with the 100h recipe (bf16, 5 x 512) on a synthetic
           FLAC corpus with 0.9/1.0/1.1 speed perturbation, with 0, 4 and 8 DataLoader worker
           processes: audio-s/s and the share of the time the device waited for data (epoch 2;
           epoch 1 also holds cuDNN's and the workers' start-up).
@@ -36,12 +36,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.config import SAMPLE_RATE, load_config  # noqa: E402
-from asr.data import Batch, Utterance, write_manifest  # noqa: E402
-from asr.features import FeatureFrontend  # noqa: E402
-from asr.librispeech import speed_perturbed  # noqa: E402
-from asr.model import AcousticModel  # noqa: E402
-from asr.train import make_scheduler, train, train_step  # noqa: E402
-from asr.text import CharVocabulary  # noqa: E402
+from asr.data.dataset import Batch, Utterance, write_manifest  # noqa: E402
+from asr.model.features import FeatureFrontend  # noqa: E402
+from asr.data.librispeech import speed_perturbed  # noqa: E402
+from asr.model.network import AcousticModel  # noqa: E402
+from asr.training.loop import make_scheduler, train, train_step  # noqa: E402
+from asr.data.text import CharVocabulary  # noqa: E402
 from bench import median_seconds, report, write_table  # noqa: E402  (scripts/bench.py)
 
 ROOT = Path(__file__).resolve().parents[1]

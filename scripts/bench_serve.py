@@ -34,11 +34,11 @@ import numpy as np
 import uvicorn
 from websockets.sync.client import connect
 
-from asr.audio import load_audio
+from asr.data.audio import load_audio
 
-from asr.audio import audio_duration
-from asr.server import ServerOptions, create_app
-from asr.transcribe import load_model
+from asr.data.audio import audio_duration
+from asr.serving.app import ServerOptions, create_app
+from asr.inference.recognizer import load_model
 
 
 def free_port() -> int:

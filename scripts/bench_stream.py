@@ -31,8 +31,8 @@ import time
 import numpy as np
 import torch
 
-from asr.audio import read_audio
-from asr.transcribe import load_model
+from asr.data.audio import read_audio
+from asr.inference.recognizer import load_model
 
 
 def joined_audio(paths: list[str], rate: int, seconds: float) -> np.ndarray:

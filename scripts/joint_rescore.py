@@ -30,15 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from asr.audio import AudioError, read_audio
-from asr.decoding import BeamSearchOptions, DecodingSettings, build_decoder
-from asr.evaluate import normalized_references
-from asr.lm import arpa_vocabulary
-from asr.manifest import read_manifest_lines
-from asr.phone_decoding import PhoneLexiconDecoder
-from asr.pronunciations import read_pronunciations
-from asr.transcribe import load_model
-from asr.tune import TuningRow, held_out_score, tuning_row
+from asr.data.audio import AudioError, read_audio
+from asr.decoding.beam import BeamSearchOptions, DecodingSettings, build_decoder
+from asr.scoring.evaluate import normalized_references
+from asr.lm.lexicon import arpa_vocabulary
+from asr.data.manifest import read_manifest_lines
+from asr.decoding.phone_lexicon import PhoneLexiconDecoder
+from asr.lm.pronunciations import read_pronunciations
+from asr.inference.recognizer import load_model
+from asr.scoring.tune import TuningRow, held_out_score, tuning_row
 
 
 @dataclass

@@ -22,9 +22,9 @@ import numpy as np
 import soundfile
 
 import asr
-from asr.audio import load_audio
-from asr.evaluate import evaluate_manifest
-from asr.manifest import read_manifest_lines
+from asr.data.audio import load_audio
+from asr.scoring.evaluate import evaluate_manifest
+from asr.data.manifest import read_manifest_lines
 
 
 def main(argv: list[str] | None = None) -> int:

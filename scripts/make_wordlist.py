@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr.text import CharVocabulary, normalize_text  # noqa: E402
+from asr.data.text import CharVocabulary, normalize_text  # noqa: E402
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ language of tests/conftest.py) in a temporary folder: no network, no ../shared d
   every good file's result there, and the payload never executed.
 - fuzz: tests/test_fuzz.py under its ``long`` hypothesis profile (ASR_FUZZ_PROFILE=long).
 - load: training throughput alone and beside one CPU-bound process, with the thread governor
-  (asr/threads.py) off and on. Needs the machine to itself: run it alone.
+  (asr/utils/threads.py) off and on. Needs the machine to itself: run it alone.
 
 ``--quick`` kills fewer times, skips the 3-hour file and the DDP restarts' extra kills.
 """
@@ -56,9 +56,9 @@ sys.path.insert(0, str(ROOT))
 
 from conftest import OVERFIT_TEXTS, SAMPLE_RATE, tiny_config, tone_audio, write_tone_corpus
 
-from asr.atomic import atomic_write
+from asr.utils.atomic import atomic_write
 from asr.config import to_dict
-from asr.data import write_manifest
+from asr.data.dataset import write_manifest
 
 SECTIONS = ("kill", "bad-input", "fuzz", "load")
 ASR = [sys.executable, "-m", "asr"]
@@ -87,7 +87,7 @@ def write_config(config, path: Path) -> Path:
 
 
 def model_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from asr.checkpoint import load_checkpoint
+    from asr.storage.checkpoint import load_checkpoint
 
     return load_checkpoint(path)["model"]
 
@@ -160,7 +160,7 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: 
 
 def checkpoint_problems(out_dir: Path) -> list[str]:
     """last.pt and best.pt, where they exist, must load."""
-    from asr.checkpoint import load_checkpoint
+    from asr.storage.checkpoint import load_checkpoint
 
     problems = []
     for name in ("last.pt", "best.pt"):
@@ -174,7 +174,7 @@ def checkpoint_problems(out_dir: Path) -> list[str]:
 
 def saved_step(out_dir: Path) -> int:
     """The optimiser step last.pt holds (-1 before the first one)."""
-    from asr.checkpoint import load_checkpoint
+    from asr.storage.checkpoint import load_checkpoint
 
     if not (out_dir / "last.pt").exists():
         return -1
@@ -336,7 +336,7 @@ def run_ddp_kill(folder: Path, kills: int, seed: int = 0, epochs: int = 25, drop
 
     def command(config_path: Path, restarts: int) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                f"--max-restarts={restarts}", "-m", "asr.train", str(config_path)]
+                f"--max-restarts={restarts}", "-m", "asr.training.loop", str(config_path)]
 
     def config_for(out_dir: Path):
         random_draws = {"model": {"dropout": dropout},
@@ -810,7 +810,7 @@ def checkpoint_cases(folder: Path, checkpoint: str, good: list[str], marker: Pat
 def model_folder_cases(folder: Path, checkpoint: str, good: list[str]) -> list[Case]:
     """`asr package` folders: a good one (control) and damaged ones."""
     try:
-        from asr.package import CONFIG_FILE, VOCABULARY_FILE, WEIGHTS_FILE, package_model
+        from asr.deploy.package import CONFIG_FILE, VOCABULARY_FILE, WEIGHTS_FILE, package_model
     except ImportError:  # an asr without model folders
         return []
     cases = []
@@ -846,7 +846,7 @@ class BadInputReport:
 
 def prepare_bad_input(folder: Path) -> tuple[dict[str, Path], Path, list[str]]:
     """Corpus, a briefly trained run (its folder) and two good audio files."""
-    from asr.train import train
+    from asr.training.loop import train
 
     corpus = make_corpus(folder / "corpus")
     run = folder / "trained"
@@ -988,7 +988,7 @@ def run_load_section(folder: Path, steps: int, minutes: float, hidden: int) -> d
 def load_table(figures: dict[str, tuple[float, str]], steps: int, hidden: int) -> str:
     one = figures["one thread alone"][0]
     rows = [(f"Training, 3 x {hidden} BiLSTM, up to {steps} steps each, {CORES} cores "
-             "(ASR_THREADS=N fixes the count; auto = the governor of asr/threads.py). Target: beside a busy "
+             "(ASR_THREADS=N fixes the count; auto = the governor of asr/utils/threads.py). Target: beside a busy "
              "process, the governor keeps >= 90 % of one thread alone, and alone it loses nothing."), "",
             "| run | audio-s/s | vs one thread alone | threads at the end |", "|---|---|---|---|"]
     rows += [f"| {name} | {value:.1f} | {100 * value / one:.0f} % | {threads} |"

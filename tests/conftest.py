@@ -16,7 +16,7 @@ import soundfile
 import torch
 
 from asr.config import ExperimentConfig, from_dict, to_dict
-from asr.data import Utterance, write_manifest
+from asr.data.dataset import Utterance, write_manifest
 
 SAMPLE_RATE = 16_000
 LETTER_SECONDS = 0.12
@@ -85,7 +85,7 @@ def tiny_config(out_dir: Path, corpus: dict[str, Path], **sections: dict) -> Exp
 @pytest.fixture(scope="session")
 def trained_checkpoint(tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A briefly trained checkpoint (accuracy irrelevant) for CLI and round-trip tests."""
-    from asr.train import train
+    from asr.training.loop import train
 
     out_dir = tmp_path_factory.mktemp("tiny_model")
     train(tiny_config(out_dir, tone_corpus, train={"epochs": 2}))

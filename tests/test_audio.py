@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from asr.audio import AudioError, audio_duration, load_audio
+from asr.data.audio import AudioError, audio_duration, load_audio
 
 
 def test_stereo_is_downmixed_and_resampled(tmp_path):
@@ -41,7 +41,7 @@ def test_bad_files_raise_audio_error_naming_file(tmp_path):
 
 
 def test_anti_phase_stereo_uses_one_channel_with_a_warning(tmp_path):
-    from asr.audio import read_audio
+    from asr.data.audio import read_audio
 
     t = np.arange(16000) / 16000
     left = 0.5 * np.sin(2 * np.pi * 300 * t)
@@ -58,7 +58,7 @@ def test_anti_phase_stereo_uses_one_channel_with_a_warning(tmp_path):
 
 
 def test_truncated_wav_is_read_as_far_as_it_goes_with_a_warning(tmp_path):
-    from asr.audio import read_audio
+    from asr.data.audio import read_audio
 
     soundfile.write(tmp_path / "whole.wav", np.full(32000, 0.1, dtype=np.float32), 16000, subtype="PCM_16")
     data = (tmp_path / "whole.wav").read_bytes()

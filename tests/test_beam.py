@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from asr.decoding import BeamSearchDecoder, BeamSearchOptions, GreedyDecoder, decode_in_parallel, hypothesis_from_path
-from asr.decoding import DecodingSettings
-from asr.lm import (
+from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions, GreedyDecoder, decode_in_parallel, hypothesis_from_path
+from asr.decoding.beam import DecodingSettings
+from asr.lm.lexicon import (
     LanguageModelError,
     arpa_vocabulary,
     build_lm,
@@ -20,7 +20,7 @@ from asr.lm import (
     lexicon_from_words,
     read_lexicon,
 )
-from asr.text import CharVocabulary
+from asr.data.text import CharVocabulary
 
 from conftest import write_arpa
 
@@ -258,7 +258,7 @@ def test_build_char_lm_spells_text_and_samples_word_counts(tmp_path, fake_lmplz)
 def test_build_lm_without_kenlm_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("ASR_KENLM_BIN", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("asr.lm.KENLM_CACHE", tmp_path / "nowhere")
+    monkeypatch.setattr("asr.lm.lexicon.KENLM_CACHE", tmp_path / "nowhere")
     with pytest.raises(LanguageModelError, match="build_kenlm.sh"):
         build_lm([os.devnull], 3, tmp_path / "lm.arpa", VOCAB)
 
@@ -271,9 +271,9 @@ def test_confidence_is_a_probability():
 
 
 def test_tuning_ranks_pairs_by_the_chosen_metric(char_lm):
-    from asr.decoding import build_decoder
-    from asr.metrics import ErrorCounts
-    from asr.tune import TuningRow, best_row
+    from asr.decoding.beam import build_decoder
+    from asr.scoring.metrics import ErrorCounts
+    from asr.scoring.tune import TuningRow, best_row
 
     fewer_words = TuningRow(1.0, 0.0, ErrorCounts(3, 0, 0, 7), ErrorCounts(20, 0, 0, 80))  # WER 30 %, CER 20 %
     fewer_chars = TuningRow(0.5, 0.0, ErrorCounts(4, 0, 0, 6), ErrorCounts(10, 0, 0, 90))  # WER 40 %, CER 10 %
@@ -287,8 +287,8 @@ def test_tuning_ranks_pairs_by_the_chosen_metric(char_lm):
 
 
 def test_held_out_scoring_counts_each_speaker_at_the_others_best_pair():
-    from asr.metrics import ErrorCounts
-    from asr.tune import Emissions, TuningRow, best_row, held_out_score, score
+    from asr.scoring.metrics import ErrorCounts
+    from asr.scoring.tune import Emissions, TuningRow, best_row, held_out_score, score
 
     def words(errors: int) -> ErrorCounts:  # out of 10 reference words
         return ErrorCounts(errors, 0, 0, 10 - errors)
@@ -319,9 +319,9 @@ def test_held_out_scoring_counts_each_speaker_at_the_others_best_pair():
 def test_the_output_stored_is_the_one_better_held_out_by_speaker():
     """chars vs phones: compared held out when both have a held-out score (the best rows favour
     whichever fits the dev set more), else at their best rows; ties keep the first named."""
-    from asr.decoding import DecodingSettings
-    from asr.metrics import ErrorCounts
-    from asr.tune import HeldOutScore, TuningResult, TuningRow, best_tuning
+    from asr.decoding.beam import DecodingSettings
+    from asr.scoring.metrics import ErrorCounts
+    from asr.scoring.tune import HeldOutScore, TuningResult, TuningRow, best_tuning
 
     def words(errors: int) -> ErrorCounts:  # out of 10 reference words
         return ErrorCounts(errors, 0, 0, 10 - errors)

@@ -1,4 +1,4 @@
-"""The page of ``asr serve`` (asr/web/) in a real browser against the real server.
+"""The page of ``asr serve`` (asr/serving/web/) in a real browser against the real server.
 
 Chromium (Debian's, at /usr/bin/chromium; scripts/ensure_chromium.sh installs it) is driven by
 Playwright. A small model is trained here, in about a minute on one core, on short espeak-ng
@@ -29,7 +29,7 @@ import pytest
 import soundfile
 import soxr
 
-from asr.data import Utterance, write_manifest
+from asr.data.dataset import Utterance, write_manifest
 from tests.conftest import tiny_config
 from tests.test_server import free_port
 
@@ -100,7 +100,7 @@ def phrase_audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def phrase_checkpoint(tmp_path_factory: pytest.TempPathFactory, phrase_audio: dict[str, Path]) -> Path:
     """A tiny model trained on the phrases until it recognises them (about a minute on one core)."""
     import asr
-    from asr.train import train
+    from asr.training.loop import train
 
     root = tmp_path_factory.mktemp("phrases")
     rng = random.Random(0)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import asr
-from asr.atomic import atomic_write, remove_stale_temporaries, stale_temporaries
-from asr.checkpoint import (
+from asr.utils.atomic import atomic_write, remove_stale_temporaries, stale_temporaries
+from asr.storage.checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
     ResumeMismatchError,
@@ -18,9 +18,9 @@ from asr.checkpoint import (
     save_checkpoint,
 )
 from asr.config import ExperimentConfig, from_dict, to_dict
-from asr.model import AcousticModel
-from asr.text import CharVocabulary
-from asr.transcribe import PrecisionError, load_model
+from asr.model.network import AcousticModel
+from asr.data.text import CharVocabulary
+from asr.inference.recognizer import PrecisionError, load_model
 
 
 def test_round_trip_transcribes_identically(trained_checkpoint, tone_corpus, tmp_path):
@@ -104,7 +104,7 @@ def tiny_checkpoint(path: Path, **model: object) -> Path:
 
 
 def test_payload_records_training_audio_durations(trained_checkpoint, tone_corpus):
-    from asr.data import read_manifest
+    from asr.data.dataset import read_manifest
 
     durations = [u.duration for u in read_manifest(tone_corpus["train"])]
     saved = read_checkpoint(trained_checkpoint)
@@ -172,7 +172,7 @@ def test_atomic_write_names_its_temporary_recognisably(tmp_path):
 def test_resuming_into_a_run_of_another_model_is_refused(trained_checkpoint, tone_corpus, tmp_path):
     from conftest import tiny_config
 
-    from asr.train import train
+    from asr.training.loop import train
 
     shutil.copy(trained_checkpoint.parent / "last.pt", tmp_path / "last.pt")
     old = time.time() - 3600
@@ -192,7 +192,7 @@ def test_resuming_into_a_run_of_another_model_is_refused(trained_checkpoint, ton
 
 
 def test_atomic_folder_never_replaces_a_folder_created_meanwhile(tmp_path):
-    from asr.atomic import atomic_folder
+    from asr.utils.atomic import atomic_folder
 
     target = tmp_path / "model"
     with pytest.raises(FileExistsError, match="already exists"), atomic_folder(target) as building:
@@ -204,7 +204,7 @@ def test_atomic_folder_never_replaces_a_folder_created_meanwhile(tmp_path):
 
 
 def test_train_audio_round_trips_through_its_dict():
-    from asr.checkpoint import TrainAudio, train_audio_of
+    from asr.storage.checkpoint import TrainAudio, train_audio_of
 
     audio = train_audio_of([2.0, 4.0], utterances=5)  # two inputs, one of them four joined utterances
     assert audio == TrainAudio(4.0, 3.0, 5)
@@ -213,7 +213,7 @@ def test_train_audio_round_trips_through_its_dict():
 
 
 def test_resume_mismatch_ignores_training_only_keys():
-    from asr.checkpoint import network_differences
+    from asr.storage.checkpoint import network_differences
 
     saved = to_dict(ExperimentConfig())
     changed = from_dict(ExperimentConfig, {**saved, "model": {**saved["model"], "dropout": 0.3, "rnn_input": "packed"},

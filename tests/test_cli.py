@@ -6,7 +6,7 @@ import numpy as np
 import soundfile
 
 from asr.cli import main
-from asr.data import write_manifest, read_manifest
+from asr.data.dataset import write_manifest, read_manifest
 
 from conftest import tiny_config  # noqa: F401  (fixtures come from conftest)
 
@@ -64,13 +64,13 @@ def test_evaluate_prints_counts_and_writes_report(trained_checkpoint, tone_corpu
 
 def test_evaluate_checks_its_output_files_before_evaluating(trained_checkpoint, tone_corpus, tmp_path, capsys,
                                                             monkeypatch):
-    import asr.evaluate
+    import asr.scoring.evaluate
 
     def not_reached(*args, **kwargs):
         raise AssertionError("evaluated although the output cannot be written")
 
     with monkeypatch.context() as patch:
-        patch.setattr(asr.evaluate, "evaluate_manifest", not_reached)
+        patch.setattr(asr.scoring.evaluate, "evaluate_manifest", not_reached)
         assert main(["evaluate", str(trained_checkpoint), str(tone_corpus["valid"]), "--report", str(tmp_path)]) == 2
         assert f"--report {tmp_path} is a folder" in capsys.readouterr().err
         (tmp_path / "a-file").write_text("")
@@ -211,8 +211,8 @@ def test_json_srt_and_vtt_carry_word_times(trained_checkpoint, tone_corpus, tmp_
 
 
 def test_subtitle_cues_split_at_pauses_and_format_times():
-    from asr.transcribe import TimedWord
-    from asr.writers import format_srt, format_vtt, subtitle_cues
+    from asr.inference.recognizer import TimedWord
+    from asr.inference.writers import format_srt, format_vtt, subtitle_cues
 
     words = [TimedWord("a", 0.5, 0.9, 1.0), TimedWord("cab", 1.0, 1.5, 1.0), TimedWord("dab", 3661.25, 3661.5, 1.0)]
     cues = subtitle_cues(words, pause=0.8)
@@ -227,7 +227,7 @@ def test_subtitle_cues_split_at_pauses_and_format_times():
 
 
 def test_plan_windows_cut_in_pauses_and_tile_the_file():
-    from asr.transcribe import plan_windows
+    from asr.inference.recognizer import plan_windows
 
     rate = 16000
     rng = np.random.default_rng(0)
@@ -246,7 +246,7 @@ def test_plan_windows_cut_in_pauses_and_tile_the_file():
 
 
 def test_long_file_is_transcribed_in_windows_with_ordered_times(trained_checkpoint, tone_corpus, tmp_path):
-    from asr.transcribe import load_model
+    from asr.inference.recognizer import load_model
 
     utterances = read_manifest(tone_corpus["valid"]) * 3
     pause = np.zeros(8000, dtype=np.float32)

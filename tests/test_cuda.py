@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from asr.checkpoint import load_checkpoint
+from asr.storage.checkpoint import load_checkpoint
 from asr.config import ModelConfig
-from asr.model import AcousticModel
-from asr.train import train
+from asr.model.network import AcousticModel
+from asr.training.loop import train
 
 from conftest import tiny_config
 from test_distributed import torchrun, write_config

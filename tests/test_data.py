@@ -5,7 +5,7 @@ import pytest
 import soundfile
 import torch
 
-from asr.data import (
+from asr.data.dataset import (
     BucketBatchSampler,
     ManifestError,
     SpeechDataset,
@@ -18,7 +18,7 @@ from asr.data import (
     split_by_speaker,
     write_manifest,
 )
-from asr.text import CharVocabulary
+from asr.data.text import CharVocabulary
 
 
 def librispeech_like_frames(count: int, seed: int = 0) -> list[int]:
@@ -85,7 +85,7 @@ def test_manifest_round_trip_and_malformed_lines(tmp_path):
 
 
 def test_bad_manifest_lines_are_reported_by_line_and_the_rest_kept(tmp_path):
-    from asr.manifest import read_manifest_lines
+    from asr.data.manifest import read_manifest_lines
 
     audio = tmp_path / "a.wav"
     soundfile.write(audio, np.zeros(8000, dtype=np.float32), 16000)
@@ -182,7 +182,7 @@ def test_dataset_returns_waveform_and_labels(tmp_path):
 
 
 def test_joins_keep_every_utterance_once_within_speaker_and_duration():
-    from asr.data import JoinedUtterance, join_utterances, parts_of
+    from asr.data.dataset import JoinedUtterance, join_utterances, parts_of
 
     utterances = [Utterance(f"{s}-{i}", f"{s}-{i}.wav", f"word {i}", 1.0 + i % 3, speaker=s)
                   for s in ("a", "b") for i in range(20)]
@@ -202,7 +202,7 @@ def test_joins_keep_every_utterance_once_within_speaker_and_duration():
 def test_a_joined_item_is_its_parts_with_silence_before_each(tmp_path):
     import soundfile
 
-    from asr.data import JoinedUtterance
+    from asr.data.dataset import JoinedUtterance
 
     rate = 16_000
     tones = []

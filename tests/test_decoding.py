@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from asr.decoding import GreedyDecoder
-from asr.text import CharVocabulary
+from asr.decoding.beam import GreedyDecoder
+from asr.data.text import CharVocabulary
 
 VOCAB = CharVocabulary([" ", "a", "b"])  # ids: 0 blank, 1 space, 2 a, 3 b
 

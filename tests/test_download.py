@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from asr.download import DownloadError, Resource, download, extract
+from asr.utils.download import DownloadError, Resource, download, extract
 
 
 def tiny_librispeech_tarball(subset: str = "dev-tiny") -> bytes:
@@ -139,17 +139,17 @@ def test_corrupt_archive_gives_a_clear_error(server, tmp_path):
 
 
 def test_unreachable_server_fails_after_retries(tmp_path, monkeypatch):
-    monkeypatch.setattr("asr.download.time.sleep", lambda s: None)
+    monkeypatch.setattr("asr.utils.download.time.sleep", lambda s: None)
     dead = Resource("x", "http://127.0.0.1:9/x.tar.gz", "x.tar.gz", "", 0)
     with pytest.raises(DownloadError, match="after 2 attempts"):
         download(dead, tmp_path, retries=2, timeout=2)
 
 
 def test_prepare_librispeech_end_to_end_through_a_mirror(server, tmp_path, monkeypatch, capsys):
-    from asr import librispeech
+    from asr.data import librispeech
     from asr.cli import main
-    from asr.data import SpeechDataset, read_manifest
-    from asr.text import CharVocabulary
+    from asr.data.dataset import SpeechDataset, read_manifest
+    from asr.data.text import CharVocabulary
 
     archive = tiny_librispeech_tarball("dev-clean")
     server.files["dev-clean.tar.gz"] = archive
@@ -175,7 +175,7 @@ def test_prepare_librispeech_end_to_end_through_a_mirror(server, tmp_path, monke
 
 
 def test_every_subset_names_a_known_archive():
-    from asr.librispeech import ARCHIVES, COMBINED, LM_FILES, SUBSETS
+    from asr.data.librispeech import ARCHIVES, COMBINED, LM_FILES, SUBSETS
 
     assert all(subset.archive in ARCHIVES for subset in SUBSETS.values())
     assert all(part in SUBSETS for parts in COMBINED.values() for part in parts)

@@ -12,9 +12,9 @@ import yaml
 
 from asr import cli
 from asr.config import ConfigError, to_dict
-from asr.data import ManifestError, Utterance, write_manifest
+from asr.data.dataset import ManifestError, Utterance, write_manifest
 from asr.errors import AsrError, DiskFullError, no_space_left
-from asr.train import train
+from asr.training.loop import train
 
 from conftest import tiny_config
 
@@ -47,20 +47,20 @@ def assert_one_error_line(capsys) -> str:
 
 
 def test_a_bug_keeps_its_traceback(tone_corpus, tmp_path, monkeypatch):
-    import asr.train
+    import asr.training.loop
 
     def buggy(config):
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr(asr.train, "train", buggy)
+    monkeypatch.setattr(asr.training.loop, "train", buggy)
     with pytest.raises(ValueError, match="an internal bug"):
         cli.main(["train", write_config(tiny_config(tmp_path / "run", tone_corpus), tmp_path)])
 
 
 def no_espeak(monkeypatch):
-    import asr.phones
+    import asr.data.phones
 
-    monkeypatch.setattr(asr.phones.shutil, "which", lambda name: None)
+    monkeypatch.setattr(asr.data.phones.shutil, "which", lambda name: None)
 
 
 def no_cuda(monkeypatch):
@@ -123,7 +123,7 @@ def chained_disk_full_save(obj, f, *args, **kwargs):  # how torch reports it whe
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 @pytest.mark.parametrize("kind", ["dev_full", "chained"])
 def test_a_full_disk_is_reported_and_last_pt_stays_intact(tone_corpus, tmp_path, monkeypatch, capsys, kind):
-    from asr.checkpoint import load_checkpoint
+    from asr.storage.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
     train(tiny_config(out, tone_corpus, train={"epochs": 1}))
@@ -153,12 +153,12 @@ def test_no_space_left_finds_enospc_anywhere_in_the_chain():
 
 
 def test_user_error_types_share_the_base():
-    from asr.audio import AudioError
-    from asr.checkpoint import CheckpointError
-    from asr.download import DownloadError
-    from asr.lm import LanguageModelError
-    from asr.phones import PhonemizerError
-    from asr.text import OutOfVocabularyError
+    from asr.data.audio import AudioError
+    from asr.storage.checkpoint import CheckpointError
+    from asr.utils.download import DownloadError
+    from asr.lm.lexicon import LanguageModelError
+    from asr.data.phones import PhonemizerError
+    from asr.data.text import OutOfVocabularyError
 
     for error in (ConfigError, ManifestError, AudioError, CheckpointError, DownloadError, LanguageModelError,
                   PhonemizerError, OutOfVocabularyError, DiskFullError):
@@ -171,7 +171,7 @@ def test_user_error_types_share_the_base():
 def test_python_dash_m_asr_train_reports_errors_like_asr_train(tone_corpus, tmp_path):
     # The torchrun entry point: a config error is one line and exit 2, not a traceback.
     path = write_config(tiny_config(tmp_path / "run", tone_corpus), tmp_path)
-    result = subprocess.run([sys.executable, "-m", "asr.train", path, "model.hidden_size=-5"],
+    result = subprocess.run([sys.executable, "-m", "asr.training.loop", path, "model.hidden_size=-5"],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

@@ -7,11 +7,11 @@ import numpy as np
 import soundfile
 
 from asr.cli import main
-from asr.data import read_manifest
-from asr.decoding import GreedyDecoder
-from asr.evaluate import evaluate, evaluate_manifest
-from asr.transcribe import load_model
-from asr.tune import compute_emissions, decode_texts, fingerprint, load_emissions, save_emissions
+from asr.data.dataset import read_manifest
+from asr.decoding.beam import GreedyDecoder
+from asr.scoring.evaluate import evaluate, evaluate_manifest
+from asr.inference.recognizer import load_model
+from asr.scoring.tune import compute_emissions, decode_texts, fingerprint, load_emissions, save_emissions
 
 
 def manifest_lines(utterances, **changes) -> list[str]:

@@ -7,8 +7,8 @@ import torch
 
 from asr.cli import main
 from asr.config import FeatureConfig
-from asr.features import LogMel
-from asr.transcribe import load_model
+from asr.model.features import LogMel
+from asr.inference.recognizer import load_model
 
 from conftest import tiny_config  # noqa: F401
 

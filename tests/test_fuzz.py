@@ -21,12 +21,12 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from asr.audio import load_audio
+from asr.data.audio import load_audio
 from asr.config import ExperimentConfig, load_config
-from asr.data import write_manifest
+from asr.data.dataset import write_manifest
 from asr.errors import AsrError
-from asr.manifest import Utterance, read_manifest, read_manifest_lines
-from asr.text import CharVocabulary, normalize_text
+from asr.data.manifest import Utterance, read_manifest, read_manifest_lines
+from asr.data.text import CharVocabulary, normalize_text
 
 settings.register_profile("ci", max_examples=60, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from asr.audio import load_audio
+from asr.data.audio import load_audio
 from asr.cli import main
 from asr.config import ExperimentConfig
-from asr.features import FeatureFrontend
-from asr.gates import (
+from asr.model.features import FeatureFrontend
+from asr.inspect.gates import (
     GatesUnavailableError,
     TooLongToInspectError,
     lstm_steps,
@@ -24,9 +24,9 @@ from asr.gates import (
     trace_waveform,
     write_json,
 )
-from asr.model import AcousticModel
-from asr.text import CharVocabulary
-from asr.transcribe import SpeechRecognizer, load_model
+from asr.model.network import AcousticModel
+from asr.data.text import CharVocabulary
+from asr.inference.recognizer import SpeechRecognizer, load_model
 
 
 def first_wav(tone_corpus: dict[str, Path]) -> Path:
@@ -109,7 +109,7 @@ def test_json_record(trained_checkpoint: Path, tone_corpus: dict[str, Path], tmp
 
 def test_figures(trained_checkpoint: Path, tone_corpus: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from asr.inspect_figures import write_figures
+    from asr.inspect.figures import write_figures
 
     trace = trace_file(load_model(trained_checkpoint), first_wav(tone_corpus))
     written = write_figures(trace, tmp_path)

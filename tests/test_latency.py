@@ -1,4 +1,4 @@
-"""Latency-controlled and unidirectional models (asr/model.py): what each output step may
+"""Latency-controlled and unidirectional models (asr/model/network.py): what each output step may
 depend on, chunk-by-chunk streaming equal to the whole pass, and training through them."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from asr.config import ConfigError, ModelConfig
-from asr.gates import GatesUnavailableError, check_lstm_model
-from asr.model import AcousticModel, chunk_windows
+from asr.inspect.gates import GatesUnavailableError, check_lstm_model
+from asr.model.network import AcousticModel, chunk_windows
 
 N_MELS = 10
 
@@ -105,8 +105,8 @@ def test_gates_are_refused_for_chunked_models() -> None:
 
 @pytest.mark.parametrize("direction", ["latency_controlled", "unidirectional"])
 def test_training_and_transcription_work(direction: str, tone_corpus, tmp_path) -> None:
-    from asr.train import train
-    from asr.transcribe import load_model
+    from asr.training.loop import train
+    from asr.inference.recognizer import load_model
     from tests.conftest import tiny_config
 
     config = tiny_config(tmp_path / "run", tone_corpus, train={"epochs": 2},
@@ -119,9 +119,9 @@ def test_training_and_transcription_work(direction: str, tone_corpus, tmp_path) 
 
 
 def test_export_refuses_chunked_models_and_traces_unidirectional(tone_corpus, tmp_path) -> None:
-    from asr.export import ExportError, export_torchscript
-    from asr.train import train
-    from asr.transcribe import load_model
+    from asr.deploy.export import ExportError, export_torchscript
+    from asr.training.loop import train
+    from asr.inference.recognizer import load_model
     from tests.conftest import tiny_config
 
     for direction in ("latency_controlled", "unidirectional"):

@@ -1,4 +1,4 @@
-"""Live mode: segmentation at pauses, interim and final text (asr/live.py), and its WebSocket."""
+"""Live mode: segmentation at pauses, interim and final text (asr/inference/live.py), and its WebSocket."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import soxr
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from asr.live import LiveOptions, LiveTranscriber
-from asr.server import ServerOptions, create_app
-from asr.transcribe import load_model
+from asr.inference.live import LiveOptions, LiveTranscriber
+from asr.serving.app import ServerOptions, create_app
+from asr.inference.recognizer import load_model
 from tests.conftest import SAMPLE_RATE, tone_audio
 
 PHRASES = ["bad cab", "a dab", "cede a bee"]

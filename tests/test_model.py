@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asr.config import ModelConfig
-from asr.model import AcousticModel, BidirectionalRNN, Dropout, reverse_within_lengths
+from asr.model.network import AcousticModel, BidirectionalRNN, Dropout, reverse_within_lengths
 
 
 def test_reverse_within_lengths():

@@ -16,11 +16,11 @@ import yaml
 from conftest import write_arpa
 from fixtures.make_fixtures import probe_waveform
 
-from asr.checkpoint import CheckpointError, load_checkpoint
+from asr.storage.checkpoint import CheckpointError, load_checkpoint
 from asr.cli import main
-from asr.decoding import load_decoding_settings
+from asr.decoding.beam import load_decoding_settings
 from asr.errors import AsrError
-from asr.package import (
+from asr.deploy.package import (
     DECODING_FILE,
     FOLDER_VERSION,
     HubError,
@@ -30,7 +30,7 @@ from asr.package import (
     tuned_settings_file,
     weights_file,
 )
-from asr.transcribe import load_model
+from asr.inference.recognizer import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -320,7 +320,7 @@ def fixture_models() -> list[Path]:
 
 
 def test_fixtures_exist_for_the_current_versions():
-    from asr.checkpoint import CHECKPOINT_VERSION
+    from asr.storage.checkpoint import CHECKPOINT_VERSION
 
     names = {p.name for p in fixture_models()}
     assert {"tiny-v1.pt", f"tiny-v{CHECKPOINT_VERSION}.pt", f"tiny-folder-v{FOLDER_VERSION}"} <= names

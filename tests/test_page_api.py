@@ -1,4 +1,4 @@
-"""The page's endpoints (asr/page_api.py): info, transcription with downloads, inspect."""
+"""The page's endpoints (asr/serving/page_api.py): info, transcription with downloads, inspect."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
-from asr.server import ServerOptions, create_app
-from asr.transcribe import load_model
-from asr.writers import render
+from asr.serving.app import ServerOptions, create_app
+from asr.inference.recognizer import load_model
+from asr.inference.writers import render
 from tests.conftest import SAMPLE_RATE, tone_audio
 
 
@@ -51,7 +51,7 @@ def test_the_page_and_its_files_are_served(client: TestClient) -> None:
     assert "http://" not in page.text and "https://" not in page.text  # no CDN: it works offline
     script = client.get("/static/app.js")
     assert script.status_code == 200 and "WebSocket" in script.text
-    assert client.get("/static/../server.py").status_code == 404  # nothing outside asr/web/
+    assert client.get("/static/../server.py").status_code == 404  # nothing outside asr/serving/web/
 
 
 def test_info_tells_the_page_the_limits(client: TestClient) -> None:

@@ -1,4 +1,4 @@
-"""Phone decoding (asr/phone_decoding.py, asr/pronunciations.py) on hand-made phone posteriors."""
+"""Phone decoding (asr/decoding/phone_lexicon.py, asr/lm/pronunciations.py) on hand-made phone posteriors."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from asr.decoding import BeamSearchOptions, DecodingSettings, load_decoding_settings
-from asr.lm import LanguageModelError, Lexicon
-from asr.phone_decoding import MAX_WORDS_PER_PRONUNCIATION, PhoneLexiconDecoder
-from asr.phones import NUM_PHONE_LABELS, PHONE_IDS
-from asr.pronunciations import (arpabet_to_phones, cmudict_pronunciations, read_cmudict, read_pronunciations,
+from asr.decoding.beam import BeamSearchOptions, DecodingSettings, load_decoding_settings
+from asr.lm.lexicon import LanguageModelError, Lexicon
+from asr.decoding.phone_lexicon import MAX_WORDS_PER_PRONUNCIATION, PhoneLexiconDecoder
+from asr.data.phones import NUM_PHONE_LABELS, PHONE_IDS
+from asr.lm.pronunciations import (arpabet_to_phones, cmudict_pronunciations, read_cmudict, read_pronunciations,
                                  write_pronunciations)
 from tests.conftest import write_arpa
 
@@ -118,10 +118,10 @@ def test_n_best_hypotheses_are_each_lexicon_words() -> None:
 
 def phone_recognizer():
     from asr.config import ExperimentConfig, FeatureConfig, ModelConfig
-    from asr.features import FeatureFrontend
-    from asr.model import AcousticModel
-    from asr.text import CharVocabulary
-    from asr.transcribe import SpeechRecognizer
+    from asr.model.features import FeatureFrontend
+    from asr.model.network import AcousticModel
+    from asr.data.text import CharVocabulary
+    from asr.inference.recognizer import SpeechRecognizer
 
     torch.manual_seed(0)
     vocabulary = CharVocabulary.english()
@@ -204,7 +204,7 @@ def test_cli_pronounces_an_lm_and_tunes_phone_decoding(tone_corpus, tmp_path: Pa
     import json
 
     from asr.cli import main
-    from asr.train import train
+    from asr.training.loop import train
     from tests.conftest import OVERFIT_TEXTS, tiny_config
 
     train(tiny_config(tmp_path / "run", tone_corpus, train={"epochs": 1, "max_steps": 2},

@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from asr import phones
+from asr.data import phones
 from asr.config import ConfigError, ModelConfig
-from asr.model import AcousticModel
-from asr.phones import NUM_PHONE_LABELS, PHONE_SYMBOLS, PhonemizerError, phone_ids, phonemize
+from asr.model.network import AcousticModel
+from asr.data.phones import NUM_PHONE_LABELS, PHONE_SYMBOLS, PhonemizerError, phone_ids, phonemize
 
 from conftest import tiny_config
 
@@ -101,15 +101,15 @@ def test_phone_settings_are_checked():
 
 
 def test_training_with_the_phone_loss_trains_the_phone_head(tone_corpus, tmp_path, monkeypatch):
-    from asr.checkpoint import load_checkpoint
-    from asr.train import train
-    from asr.transcribe import load_model
+    from asr.storage.checkpoint import load_checkpoint
+    from asr.training.loop import train
+    from asr.inference.recognizer import load_model
 
-    import asr.train
+    import asr.training.loop
 
     calls, losses = [], []
     monkeypatch.setattr(phones, "_espeak", fake_espeak(calls))
-    ctc_loss = asr.train.ctc_loss
+    ctc_loss = asr.training.loop.ctc_loss
 
     def recording_ctc_loss(log_probs, *args):
         loss = ctc_loss(log_probs, *args)
@@ -117,7 +117,7 @@ def test_training_with_the_phone_loss_trains_the_phone_head(tone_corpus, tmp_pat
             losses.append((log_probs.shape[-1], loss.item()))
         return loss
 
-    monkeypatch.setattr(asr.train, "ctc_loss", recording_ctc_loss)
+    monkeypatch.setattr(asr.training.loop, "ctc_loss", recording_ctc_loss)
     config = tiny_config(tmp_path / "run", tone_corpus, model={"phone_ctc_weight": 0.5, "phone_ctc_layer": 1})
     state = train(config)
     assert len(calls) == 1 and (tmp_path / "run" / "phones.json").exists()

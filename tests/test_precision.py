@@ -1,4 +1,4 @@
-"""bf16 where the CPU can run a bf16 LSTM, fp32 with a warning where it cannot (asr/precision.py)."""
+"""bf16 where the CPU can run a bf16 LSTM, fp32 with a warning where it cannot (asr/utils/precision.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import pytest
 import soundfile
 import torch
 
-import asr.precision
-from asr.precision import PrecisionFallbackWarning, bf16_lstm_supported, usable_precision
-from asr.transcribe import load_model
+import asr.utils.precision
+from asr.utils.precision import PrecisionFallbackWarning, bf16_lstm_supported, usable_precision
+from asr.inference.recognizer import load_model
 from tests.conftest import SAMPLE_RATE, tiny_config, tone_audio
 
 
 @pytest.fixture()
 def no_bf16_lstm(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU like an AVX2-only one: oneDNN has no bf16 LSTM."""
-    monkeypatch.setattr(asr.precision, "bf16_lstm_supported", lambda device_type: False)
+    monkeypatch.setattr(asr.utils.precision, "bf16_lstm_supported", lambda device_type: False)
 
 
 def test_other_precisions_are_kept() -> None:
@@ -51,7 +51,7 @@ def test_bf16_inference_falls_back(no_bf16_lstm, trained_checkpoint: Path) -> No
 
 
 def test_bf16_training_falls_back(no_bf16_lstm, tone_corpus: dict, tmp_path: Path, capsys) -> None:
-    from asr.train import train
+    from asr.training.loop import train
 
     train(tiny_config(tmp_path / "run", tone_corpus, train={"epochs": 1, "max_steps": 2, "precision": "bf16"}))
     assert "train.precision: bf16 was asked for" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asr.config import load_config
-from asr.model import AcousticModel
+from asr.model.network import AcousticModel
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/conf/*.yaml"))
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr import threads
-from asr.threads import CpuSample, ThreadGovernor, ThreadSettingError, choose_threads, others_cores
+from asr.utils import threads
+from asr.utils.threads import CpuSample, ThreadGovernor, ThreadSettingError, choose_threads, others_cores
 
 from conftest import tiny_config
 
@@ -202,8 +202,8 @@ def test_a_fixed_train_threads_is_never_governed(monkeypatch):
 
 
 def test_training_and_transcription_consult_the_governor(tone_corpus, trained_checkpoint, tmp_path, monkeypatch):
-    from asr import train as train_module
-    from asr import transcribe as transcribe_module
+    from asr.training import loop as train_module
+    from asr.inference import recognizer as transcribe_module
 
     calls = []
     monkeypatch.setattr(train_module, "adjust_threads", lambda fixed=0: calls.append(("step", fixed)))

@@ -1,4 +1,4 @@
-"""The HTTP API (asr/server.py): OpenAI-compatible transcription, limits, bad input, the CLI."""
+"""The HTTP API (asr/serving/app.py): OpenAI-compatible transcription, limits, bad input, the CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from asr.server import ServerOptions, create_app, exposure_warning
-from asr.transcribe import load_model
+from asr.serving.app import ServerOptions, create_app, exposure_warning
+from asr.inference.recognizer import load_model
 from tests.conftest import SAMPLE_RATE, tone_audio
 
 
@@ -56,7 +56,7 @@ def assert_good(client: TestClient, audio: bytes) -> None:
 
 
 def test_response_formats_match_the_library(recognizer, wav_bytes: bytes, spool: Path, tmp_path: Path) -> None:
-    from asr.writers import render
+    from asr.inference.writers import render
 
     path = tmp_path / "same.wav"
     path.write_bytes(wav_bytes)
@@ -218,11 +218,11 @@ def test_exposure_warning() -> None:
 
 
 def test_cli_serve_warns_off_loopback(trained_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    import asr.server
+    import asr.serving.app
     from asr.cli import main
 
     served: list = []
-    monkeypatch.setattr(asr.server, "serve", lambda app, host, port: served.append((app, host, port)))
+    monkeypatch.setattr(asr.serving.app, "serve", lambda app, host, port: served.append((app, host, port)))
     assert main(["serve", str(trained_checkpoint), "--host", "0.0.0.0", "--port", "8123", "--greedy"]) == 0
     assert "anyone who can reach this address can use the server" in capsys.readouterr().err
     app, host, port = served[0]

@@ -1,4 +1,4 @@
-"""The general English LM: CMU Sphinx's trie model written as ARPA (asr/sphinx_lm.py)."""
+"""The general English LM: CMU Sphinx's trie model written as ARPA (asr/lm/sphinx.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from asr.lm import LanguageModelError
-from asr.sphinx_lm import MAGIC, convert_sphinx_lm, find_sphinx_lm
+from asr.lm.lexicon import LanguageModelError
+from asr.lm.sphinx import MAGIC, convert_sphinx_lm, find_sphinx_lm
 
 
 def test_what_is_not_a_sphinx_trie_is_refused(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Streaming recognition (asr/streaming.py): incremental features equal the whole file's, and
+"""Streaming recognition (asr/inference/streaming.py): incremental features equal the whole file's, and
 a stream fed in pieces of any size gives the model's own whole-utterance emissions and result."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from asr.config import ExperimentConfig, FeatureConfig, ModelConfig
-from asr.features import FeatureFrontend
-from asr.model import AcousticModel
-from asr.streaming import StreamingError, StreamingFeatures
-from asr.text import CharVocabulary
-from asr.transcribe import SpeechRecognizer
+from asr.model.features import FeatureFrontend
+from asr.model.network import AcousticModel
+from asr.inference.streaming import StreamingError, StreamingFeatures
+from asr.data.text import CharVocabulary
+from asr.inference.recognizer import SpeechRecognizer
 from tests.conftest import tone_audio
 
 RATE = 16_000
@@ -48,7 +48,7 @@ def test_features_in_pieces_equal_the_whole_file(normalization: str, seed: int) 
 
 
 def test_causal_mean_is_the_mean_so_far() -> None:
-    from asr.features import subtract_running_mean
+    from asr.model.features import subtract_running_mean
 
     features = torch.tensor([[[1.0], [3.0], [5.0], [100.0]]])  # (1, 4, 1), the last frame is padding
     result = subtract_running_mean(features, torch.tensor([3]))
@@ -146,7 +146,7 @@ def test_bad_samples_and_a_finished_stream_are_refused() -> None:
 
 
 def test_a_bf16_stream_equals_the_bf16_whole_pass() -> None:
-    from asr.precision import usable_precision
+    from asr.utils.precision import usable_precision
 
     if usable_precision("bf16", torch.device("cpu"))[1]:
         pytest.skip("this CPU cannot run a bf16 LSTM")
@@ -171,7 +171,7 @@ def test_an_empty_stream_is_decoded_as_empty_audio_is() -> None:
 @pytest.fixture(scope="module")
 def streaming_checkpoint(tone_corpus, tmp_path_factory):
     """A latency-controlled model with causal normalisation, trained a few steps (accuracy irrelevant)."""
-    from asr.train import train
+    from asr.training.loop import train
     from tests.conftest import tiny_config
 
     out = tmp_path_factory.mktemp("stream_model")
@@ -185,7 +185,7 @@ def test_cli_stream_gives_the_files_results_with_emission_delays(streaming_check
     import json
 
     from asr.cli import main
-    from asr.transcribe import load_model
+    from asr.inference.recognizer import load_model
 
     files = sorted((tone_corpus["root"] / "valid").glob("*.flac"))[:2]
     assert main(["transcribe", str(streaming_checkpoint), *map(str, files), "--stream", "--no-pace",
@@ -226,18 +226,18 @@ def test_cli_stream_keeps_going_after_a_recognition_failure(streaming_checkpoint
                                                             monkeypatch) -> None:
     """A model error on one file (say, out of memory) fails that file; the next is streamed, and
     each file's output comes as soon as it is done."""
-    import asr.streaming
+    import asr.inference.streaming
     from asr.cli import main
 
     files = [str(f) for f in sorted((tone_corpus["root"] / "valid").glob("*.flac"))[:2]]
-    real = asr.streaming.stream_file
+    real = asr.inference.streaming.stream_file
 
     def failing_first(recognizer, path, *args, **kwargs):
         if path == files[0]:
             raise RuntimeError("out of memory")
         return real(recognizer, path, *args, **kwargs)
 
-    monkeypatch.setattr(asr.streaming, "stream_file", failing_first)
+    monkeypatch.setattr(asr.inference.streaming, "stream_file", failing_first)
     assert main(["transcribe", str(streaming_checkpoint), *files, "--stream", "--no-pace", "--greedy"]) == 1
     captured = capsys.readouterr()
     assert f"{files[0]}: recognition failed: out of memory" in captured.err
@@ -255,7 +255,7 @@ def test_cli_stream_refuses_a_bidirectional_model(trained_checkpoint, tone_corpu
 
 @pytest.fixture(scope="module")
 def unidirectional_checkpoint(tone_corpus, tmp_path_factory):
-    from asr.train import train
+    from asr.training.loop import train
     from tests.conftest import tiny_config
 
     out = tmp_path_factory.mktemp("uni_model")
@@ -271,7 +271,7 @@ def test_onnx_streaming_step_window_by_window_equals_the_whole_pass(which: str, 
     the eager model's whole-utterance emissions."""
     onnxruntime = pytest.importorskip("onnxruntime")
     from asr.cli import main
-    from asr.transcribe import load_model
+    from asr.inference.recognizer import load_model
 
     checkpoint = request.getfixturevalue(which)
     out = tmp_path / "step.onnx"

@@ -1,6 +1,6 @@
 import pytest
 
-from asr.text import CharVocabulary, OutOfVocabularyError, normalize_text
+from asr.data.text import CharVocabulary, OutOfVocabularyError, normalize_text
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from asr.checkpoint import load_checkpoint
-from asr.train import train
-from asr.transcribe import load_model
+from asr.storage.checkpoint import load_checkpoint
+from asr.training.loop import train
+from asr.inference.recognizer import load_model
 
 from conftest import OVERFIT_TEXTS, tiny_config
 
@@ -72,7 +72,7 @@ def test_resume_reaches_the_same_weights(tone_corpus, tmp_path, join_fraction):
 
 
 def test_an_unreadable_training_file_is_skipped_not_fatal(tone_corpus, tmp_path):
-    from asr.data import read_manifest, write_manifest
+    from asr.data.dataset import read_manifest, write_manifest
 
     utterances = read_manifest(tone_corpus["train"])
     broken = tmp_path / "broken.flac"
@@ -88,9 +88,9 @@ def test_an_unreadable_training_file_is_skipped_not_fatal(tone_corpus, tmp_path)
 def test_budget_schedule_ends_the_cosine_when_the_time_budget_does(monkeypatch):
     from types import SimpleNamespace
 
-    from asr import train as train_module
+    from asr.training import loop as train_module
     from asr.config import ConfigError, ExperimentConfig, OptimConfig, TrainConfig
-    from asr.train import EpochStats, TrainState, fit_schedule_to_budget, make_scheduler
+    from asr.training.loop import EpochStats, TrainState, fit_schedule_to_budget, make_scheduler
 
     config = ExperimentConfig(optim=OptimConfig(lr=1.0, warmup_steps=10, final_lr_ratio=0.1, schedule="budget"),
                               train=TrainConfig(epochs=100, max_minutes=1.0))
@@ -147,7 +147,7 @@ def test_fp16_on_the_cpu_is_refused_with_a_reason(tone_corpus, tmp_path):
 
 
 def test_the_epoch_log_measures_the_time_spent_waiting_for_data(tone_corpus, tmp_path, monkeypatch):
-    from asr.data import SpeechDataset
+    from asr.data.dataset import SpeechDataset
 
     load = SpeechDataset._load
 
@@ -191,7 +191,7 @@ def test_metrics_log_each_epoch_once_after_a_kill_between_log_and_checkpoint(ton
 
 
 def test_a_resumed_epoch_with_no_batches_left_logs_strict_json(tone_corpus, tmp_path, monkeypatch):
-    from asr import train as train_module
+    from asr.training import loop as train_module
 
     out = tmp_path / "run"
     config = tiny_config(out, tone_corpus, train={"epochs": 2, "checkpoint_every_steps": 1})
@@ -212,8 +212,8 @@ def test_a_resumed_epoch_with_no_batches_left_logs_strict_json(tone_corpus, tmp_
 
 
 def test_an_8_khz_config_trains_on_the_features_inference_computes(tone_corpus, tmp_path):
-    from asr.data import frame_counts
-    from asr.train import build_run
+    from asr.data.dataset import frame_counts
+    from asr.training.loop import build_run
 
     features = {"sample_rate": 8000, "n_fft": 200, "win_length": 200, "hop_length": 80, "n_mels": 40}
     config = tiny_config(tmp_path / "run", tone_corpus, features=features, data={"cache_audio": False},

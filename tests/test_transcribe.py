@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asr.cli import main
-from asr.decoding import Hypothesis, WordSpan
-from asr.transcribe import (
+from asr.decoding.beam import Hypothesis, WordSpan
+from asr.inference.recognizer import (
     LONG_AUDIO_SECONDS,
     MIN_WINDOW_SECONDS,
     FileEmissions,
@@ -24,7 +24,7 @@ from asr.transcribe import (
     plan_windows,
     timed_words,
 )
-from asr.writers import output_names
+from asr.inference.writers import output_names
 
 
 def test_output_names_keep_folders_and_never_collide():
@@ -73,7 +73,7 @@ def test_truncated_wav_is_transcribed_with_a_warning(trained_checkpoint, tmp_pat
 
 
 def test_one_path_is_one_file_never_its_letters(trained_checkpoint, tmp_path):
-    from asr.transcribe import load_model
+    from asr.inference.recognizer import load_model
 
     soundfile.write(tmp_path / "a.wav", tone_audio("bed deed"), SAMPLE_RATE, subtype="PCM_16")
     recognizer = load_model(trained_checkpoint)
@@ -153,8 +153,8 @@ def test_long_audio_script_scores_joined_utterances_like_evaluate(trained_checkp
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [row.split("|")[1:3] for row in rows] == [[" 1 ", " 4 "], [" 4 ", " 1 "]]
     # One utterance per file with no gap is the manifest itself: the script agrees with evaluate.
-    from asr.evaluate import evaluate_manifest
-    from asr.transcribe import load_model
+    from asr.scoring.evaluate import evaluate_manifest
+    from asr.inference.recognizer import load_model
 
     report = evaluate_manifest(load_model(trained_checkpoint), tone_corpus["valid"])
     assert float(rows[0].split("|")[4]) == pytest.approx(100 * report.words.rate, abs=0.01)
@@ -167,8 +167,8 @@ def test_load_model_decodes_with_the_tuned_settings_like_the_cli(trained_checkpo
     from test_cli import tone_lm
 
     import asr
-    from asr.decoding import BeamSearchOptions, DecodingSettings, save_decoding_settings
-    from asr.transcribe import DecodingFallbackWarning
+    from asr.decoding.beam import BeamSearchOptions, DecodingSettings, save_decoding_settings
+    from asr.inference.recognizer import DecodingFallbackWarning
 
     checkpoint = tmp_path / "model.pt"
     shutil.copy(trained_checkpoint, checkpoint)
@@ -190,9 +190,9 @@ def test_inference_and_serving_import_no_training_or_dataset_code():
     import subprocess
     import sys
 
-    # (asr.phones may load: the model's phone head takes its size from the phone inventory.)
-    code = ("import sys, asr, asr.cli, asr.transcribe, asr.evaluate, asr.writers, asr.package, asr.server, "
-            "asr.gates, asr.manifest; print(sorted(m for m in sys.modules if m in ('asr.train', 'asr.data', "
-            "'asr.download', 'asr.librispeech')))")
+    # (asr.data.phones may load: the model's phone head takes its size from the phone inventory.)
+    code = ("import sys, asr, asr.cli, asr.inference.recognizer, asr.scoring.evaluate, asr.inference.writers, asr.deploy.package, asr.serving.app, "
+            "asr.inspect.gates, asr.data.manifest; print(sorted(m for m in sys.modules if m in ('asr.training.loop', 'asr.data.dataset', "
+            "'asr.utils.download', 'asr.data.librispeech')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -1,0 +1,144 @@
+"""Phone decoding: the phone CTC head read through a pronunciation lexicon and a word LM.
+
+With a few hours of audio a character model cannot learn English spelling, and its errors
+are spellings of the right sounds. The classic low-data systems (EESEN, Kaldi) put that
+knowledge in a pronunciation lexicon and a word LM built from far more text than the audio
+has; this is that for asr's phone head (the auxiliary espeak-ng phone CTC of training):
+flashlight-text's lexicon decoder over the phone posteriors, each word spelled in phones
+(asr/lm/pronunciations.py), scored by a KenLM word LM.
+
+The phone set has no word-boundary label: a word ends on its last phone and the next may
+start on the following step. flashlight's decoder still needs a silence label, so the
+emissions get one extra column of (practically) minus infinity that stands for it: passing
+the blank as silence would let every blank between words count twice under log-add.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions, Hypothesis, _first_line, hypothesis_from_path
+from asr.lm.lexicon import LanguageModelError, Lexicon
+from asr.data.phones import NUM_PHONE_LABELS, PHONE_SYMBOLS
+
+SILENCE = NUM_PHONE_LABELS  # the extra emission column flashlight's silence label points at
+NEVER = -1e30  # its log-probability: finite, so that merged scores never become NaN
+MAX_WORDS_PER_PRONUNCIATION = 6  # flashlight's trie keeps at most this many words on one node (kTrieMaxLabel)
+
+
+class PhoneLabels:
+    """The phone head's labels, in the shape :func:`asr.decoding.beam.hypothesis_from_path` reads
+    a vocabulary: blank 0, the phones, and the silence column as its "space"."""
+
+    blank_id = 0
+    tokens = ("", *PHONE_SYMBOLS, " ")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.tokens[i] for i in ids if i != self.blank_id)
+
+
+class PhoneLexiconDecoder(BeamSearchDecoder):
+    """Beam search over phone posteriors (T, NUM_PHONE_LABELS): words from ``lexicon`` (phone
+    spellings, :func:`asr.lm.pronunciations.read_pronunciations`), scored by the KenLM word LM
+    ``lm`` (None: the lexicon alone). The call signature and outputs are the character
+    decoder's: text, word spans in output steps, confidences (mean phone posterior)."""
+
+    def __init__(self, lexicon: Lexicon, options: BeamSearchOptions = BeamSearchOptions(),
+                 lm: str | Path | None = None) -> None:
+        self.vocabulary = PhoneLabels()  # type: ignore[assignment]
+        self.options = options
+        self.lm = str(lm) if lm is not None else None
+        if self.lm is not None and not Path(self.lm).is_file():
+            raise LanguageModelError(f"{self.lm}: language model file not found")
+        self.char_lm = False
+        self.lexicon = lexicon
+        self.dropped_homophones: list[str] = []  # words beyond MAX_WORDS_PER_PRONUNCIATION on one pronunciation
+        self._engine = None
+        self._shared = None
+        if self.lm is not None:
+            self._build()  # fail now, with the file's name, rather than at the first utterance
+
+    def _resources(self):
+        """(LM, trie, word list), built once and shared with with_options() copies."""
+        if self._shared is not None:
+            return self._shared
+        from flashlight.lib.text.decoder import SmearingMode, Trie, ZeroLM
+        from flashlight.lib.text.dictionary import Dictionary
+
+        words = ["<unk>", *(w for w in self.lexicon.spellings if w != "<unk>")]
+        if self.lm is not None:
+            from flashlight.lib.text.decoder.kenlm import KenLM
+
+            try:
+                lm = KenLM(self.lm, Dictionary(words))
+            except RuntimeError as err:
+                raise LanguageModelError(f"{self.lm}: KenLM cannot read this language model ({_first_line(err)})") from err
+        else:
+            lm = ZeroLM()
+        start = lm.start(False)
+        unigrams = {index: lm.score(start, index)[1] for index in range(1, len(words))}
+        # Homophones share a trie node, which holds a handful of words: the likeliest keep it.
+        by_spelling: dict[tuple[int, ...], list[int]] = {}
+        for index in sorted(unigrams, key=lambda i: -unigrams[i]):
+            for spelling in self.lexicon.spellings[words[index]]:
+                by_spelling.setdefault(spelling, []).append(index)
+        trie = Trie(NUM_PHONE_LABELS + 1, SILENCE)
+        for spelling, indices in by_spelling.items():
+            for index in indices[:MAX_WORDS_PER_PRONUNCIATION]:
+                trie.insert(list(spelling), index, unigrams[index])  # smeared over the prefixes: look-ahead only
+            self.dropped_homophones += [words[i] for i in indices[MAX_WORDS_PER_PRONUNCIATION:]]
+        trie.smear(SmearingMode.MAX)
+        if self.dropped_homophones:  # rare words as a rule, but a user looking for one should know
+            dropped = self.dropped_homophones
+            warnings.warn(f"{len(dropped)} lexicon word(s) cannot be decoded: each shares its pronunciation with "
+                          f"{MAX_WORDS_PER_PRONUNCIATION} likelier words ({', '.join(dropped[:5])}"
+                          f"{', ...' if len(dropped) > 5 else ''})", stacklevel=3)
+        self._shared = (lm, trie, words)
+        return self._shared
+
+    def _build(self):
+        if self._engine is not None:
+            return self._engine
+        from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions
+
+        o = self.options
+        lm, trie, words = self._resources()
+        lm_weight = o.lm_weight if self.lm is not None else 0.0
+        labels = NUM_PHONE_LABELS + 1
+        options = LexiconDecoderOptions(o.beam_size, o.beam_size_token or labels, o.beam_threshold, lm_weight,
+                                        o.word_score, -math.inf, 0.0, o.log_add, CriterionType.CTC)
+        decoder = LexiconDecoder(options, trie, lm, SILENCE, 0, 0, [], False)
+        self._engine = (decoder, words)
+        return self._engine
+
+    def decode_matrix(self, log_probs: np.ndarray) -> list[Hypothesis]:
+        """n-best hypotheses (best first) for one utterance's (T, NUM_PHONE_LABELS) phone log-probs."""
+        steps, labels = log_probs.shape
+        if labels != NUM_PHONE_LABELS:
+            raise ValueError(f"phone decoding reads {NUM_PHONE_LABELS} phone labels per step, not {labels}")
+        if steps == 0:
+            return [Hypothesis("", [], [], 0.0)]
+        decoder, words = self._build()
+        emissions = np.full((steps, labels + 1), NEVER, dtype=np.float32)  # (T, P + 1): the silence column
+        emissions[:, :labels] = log_probs
+        results = decoder.decode(emissions.ctypes.data, steps, labels + 1)
+        hypotheses = []
+        for result in results[: self.options.nbest]:
+            path = list(result.tokens)[1: steps + 1]  # flashlight pads the path with a step at each end
+            # result.words[i] > 0: a word ended on step i - 1, the first step of its last phone (0 is
+            # <unk>, which is in no pronunciation; -1 is no word).
+            word_ends = [(min(step - 1, steps - 1), words[w]) for step, w in enumerate(result.words) if w > 0]
+            hypothesis = hypothesis_from_path(path, log_probs, self.vocabulary, result.score,  # type: ignore[arg-type]
+                                              word_ends, result.lmScore if self.uses_lm else 0.0)
+            kept = tuple(w for w in hypothesis.words if w.word in self.lexicon)  # not phones left after the last word
+            hypotheses.append(replace(hypothesis, text=" ".join(w.word for w in kept), words=kept))
+        return hypotheses or [Hypothesis("", [], [], -math.inf)]
