@@ -33,8 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.config import load_config  # noqa: E402
-from asr.data.dataset import Batch, BucketBatchSampler, frame_counts, read_manifest  # noqa: E402
-from asr.decoding.beam import BeamSearchOptions, DecodingSettings  # noqa: E402
+from asr.data.dataset import Batch, BucketBatchSampler, frame_counts  # noqa: E402
+from asr.data.manifest import read_manifest
+from asr.decoding.beam import BeamSearchOptions  # noqa: E402
+from asr.decoding.settings import DecodingSettings
 from asr.model.features import FeatureFrontend  # noqa: E402
 from asr.scoring.metrics import ErrorCounts, error_counts, wer  # noqa: E402
 from asr.model.network import AcousticModel  # noqa: E402
@@ -117,7 +119,8 @@ def lstm_flops_per_output_step(model: AcousticModel, vocab: int) -> float:
 
 
 def bench_training(manifest: str | None, peaks: dict[str, float], repeats: int, model_sizes: list[str]) -> None:
-    from asr.training.loop import autocast, ctc_loss
+    from asr.training.steps import ctc_loss
+    from asr.utils.precision import autocast
 
     torch.manual_seed(0)
     configs = {name: load_config(path) for name, path in RECIPE_CONFIGS.items()}
@@ -139,7 +142,7 @@ def bench_training(manifest: str | None, peaks: dict[str, float], repeats: int, 
 
         def step() -> None:
             features, lengths = frontend(batch.waveforms, batch.waveform_lengths)
-            with autocast(config, device):
+            with autocast(config.train.precision, device):
                 log_probs, output_lengths = model(features, lengths)
             loss = ctc_loss(log_probs, output_lengths, batch.labels, batch.label_lengths, device)
             optimizer.zero_grad()
@@ -196,7 +199,7 @@ def bench_inference(checkpoint: str, utterances, lm: str | None, lexicon: str | 
                f"{rtfs[('fp32', 1)] / rtfs[(precision, 1)]:.2f} x", ">= 1.5 x at <= 2 % rel. WER")
     if lm:
         tuned = Path(checkpoint + ".decoding.yaml")
-        from asr.decoding.beam import load_decoding_settings
+        from asr.decoding.settings import load_decoding_settings
 
         settings = load_decoding_settings(tuned) if tuned.is_file() else DecodingSettings("beam", lm, lexicon, BeamSearchOptions())
         for threads in sorted({1, cores}):
@@ -214,7 +217,7 @@ def bench_onnxruntime(checkpoint: str, utterances, cores: int) -> None:
         report("inference", "onnxruntime not installed (pip install -e .[export])", "-")
         return
     from asr.data.audio import load_audio
-    from asr.decoding.beam import GreedyDecoder
+    from asr.decoding.greedy import GreedyDecoder
     from asr.deploy.export import export_onnx
 
     recognizer = load_model(checkpoint, decoding=DecodingSettings())  # acoustic speed: greedy

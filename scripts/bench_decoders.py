@@ -25,14 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr.data.dataset import read_manifest  # noqa: E402
-from asr.decoding.beam import (  # noqa: E402
-    BeamSearchDecoder,
-    BeamSearchOptions,
-    DecodingSettings,
-    GreedyDecoder,
-    load_decoding_settings,
-)
+from asr.data.manifest import read_manifest  # noqa: E402
+from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions
+from asr.decoding.settings import DecodingSettings, load_decoding_settings
+from asr.decoding.greedy import GreedyDecoder
 from asr.lm.lexicon import arpa_vocabulary, read_lexicon  # noqa: E402
 from asr.inference.recognizer import load_model  # noqa: E402
 from asr.scoring.tune import compute_emissions, fingerprint, score  # noqa: E402

@@ -5,7 +5,7 @@ data loader keeps the device busy. One table; every figure measured in this run.
 
 Sections:
   env     the device, torch, CUDA and cuDNN versions.
-  rnn     asr.training.loop.train_step (features on the device, SpecAugment, CTC, AdamW) of the
+  rnn     asr.training.steps.train_step (features on the device, SpecAugment, CTC, AdamW) of the
           cpu-small, 100h and 960h recipe models on one full batch of each recipe's frame
           budget (12 s utterances of bucketed lengths), per recurrent input path and precision:
           audio-s/s (median of --steps steps after 2 warm-up steps) and peak device memory.
@@ -36,11 +36,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.config import SAMPLE_RATE, load_config  # noqa: E402
-from asr.data.dataset import Batch, Utterance, write_manifest  # noqa: E402
+from asr.data.dataset import Batch  # noqa: E402
+from asr.data.manifest import Utterance
+from asr.data.manifest import write_manifest
 from asr.model.features import FeatureFrontend  # noqa: E402
 from asr.data.librispeech import speed_perturbed  # noqa: E402
+from asr.data.phones import NUM_PHONE_LABELS  # noqa: E402
 from asr.model.network import AcousticModel  # noqa: E402
-from asr.training.loop import make_scheduler, train, train_step  # noqa: E402
+from asr.training.loop import train  # noqa: E402
+from asr.training.schedule import make_scheduler  # noqa: E402
+from asr.training.steps import train_step  # noqa: E402
 from asr.data.text import CharVocabulary  # noqa: E402
 from bench import median_seconds, report, write_table  # noqa: E402  (scripts/bench.py)
 
@@ -50,7 +55,9 @@ UTTERANCE_SECONDS = 12.0  # about LibriSpeech's mean training utterance (12.3 s)
 CHARS_PER_SECOND = 15  # LibriSpeech read speech
 VOCAB = len(CharVocabulary.english())  # blank, space, apostrophe, a-z
 DEVICE = torch.device("cuda")
-DRY_RUN_OVERRIDES = ["model.num_layers=1", "model.hidden_size=16", "data.max_frames_per_batch=2400"]
+# model.phone_ctc_layer=1: the cpu-small recipe's phone head sits on a layer the one-layer model lacks.
+DRY_RUN_OVERRIDES = ["model.num_layers=1", "model.hidden_size=16", "data.max_frames_per_batch=2400",
+                     "model.phone_ctc_layer=1"]
 overrides: list[str] = []  # added to every recipe config (--dry-run)
 
 
@@ -84,11 +91,16 @@ def time_training_steps(config, batch: Batch, steps: int) -> tuple[float, float]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = make_scheduler(optimizer, config, lambda: 10**6)
     scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
+    phone_labels = None
+    if config.model.phone_ctc_weight > 0:  # the recipe's phone CTC head: random phones, one per character
+        generator = torch.Generator().manual_seed(1)
+        phone_labels = [torch.randint(1, NUM_PHONE_LABELS, (int(n),), generator=generator) for n in batch.label_lengths]
     if device.type == "cuda":
         batch = batch.pin_memory()
         torch.cuda.reset_peak_memory_stats()
     seconds = median_seconds(  # train_step ends in loss.item(), which waits for the device
-        lambda: train_step(batch, frontend, model, optimizer, scheduler, scaler, config, device), steps, warmup=2
+        lambda: train_step(batch, frontend, model, optimizer, scheduler, scaler, config, device, phone_labels),
+        steps, warmup=2,
     )
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     del model, optimizer, frontend

@@ -34,11 +34,10 @@ import numpy as np
 import uvicorn
 from websockets.sync.client import connect
 
-from asr.data.audio import load_audio
-
-from asr.data.audio import audio_duration
-from asr.serving.app import ServerOptions, create_app
+from asr.data.audio import audio_duration, load_audio
 from asr.inference.recognizer import load_model
+from asr.serving.app import create_app
+from asr.serving.context import ServerOptions
 
 
 def free_port() -> int:

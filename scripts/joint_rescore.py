@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from asr.data.audio import AudioError, read_audio
-from asr.decoding.beam import BeamSearchOptions, DecodingSettings, build_decoder
+from asr.decoding.beam import BeamSearchOptions
+from asr.decoding.settings import DecodingSettings, build_decoder
 from asr.scoring.evaluate import normalized_references
 from asr.lm.lexicon import arpa_vocabulary
 from asr.data.manifest import read_manifest_lines

@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions, GreedyDecoder, decode_in_parallel, hypothesis_from_path
-from asr.decoding.beam import DecodingSettings
+from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions
+from asr.decoding.parallel import decode_in_parallel
+from asr.decoding.greedy import GreedyDecoder
+from asr.decoding.hypothesis import hypothesis_from_path
+from asr.decoding.settings import DecodingSettings
 from asr.lm.lexicon import (
     LanguageModelError,
     arpa_vocabulary,
-    build_lm,
     char_lm_sentence,
     is_char_lm,
     lexicon_from_words,
     read_lexicon,
 )
+from asr.lm.build import build_lm
 from asr.data.text import CharVocabulary
 
 from conftest import write_arpa
@@ -141,11 +144,11 @@ def test_parallel_decoding_matches_serial(cat_lm):
 def test_other_options_share_the_loaded_lm(cat_lm, char_lm, monkeypatch):
     """tune-lm tries many options: each copy must reuse the LM read once, not read it again
     (copy.copy goes through __getstate__, which leaves the flashlight objects out)."""
-    import flashlight.lib.text.decoder.kenlm as kenlm
+    import asr.decoding.beam as beam
 
     reads = []
-    real = kenlm.KenLM
-    monkeypatch.setattr(kenlm, "KenLM", lambda *args: reads.append(args[0]) or real(*args))
+    real = beam.KenLM
+    monkeypatch.setattr(beam, "KenLM", lambda *args: reads.append(args[0]) or real(*args))
     matrix = peaky([C, A, T]).numpy()
     for lm in (cat_lm, char_lm):
         decoder = BeamSearchDecoder(VOCAB, BeamSearchOptions(beam_size=10), lm=lm)
@@ -258,7 +261,7 @@ def test_build_char_lm_spells_text_and_samples_word_counts(tmp_path, fake_lmplz)
 def test_build_lm_without_kenlm_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("ASR_KENLM_BIN", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("asr.lm.lexicon.KENLM_CACHE", tmp_path / "nowhere")
+    monkeypatch.setattr("asr.lm.build.KENLM_CACHE", tmp_path / "nowhere")
     with pytest.raises(LanguageModelError, match="build_kenlm.sh"):
         build_lm([os.devnull], 3, tmp_path / "lm.arpa", VOCAB)
 
@@ -271,7 +274,7 @@ def test_confidence_is_a_probability():
 
 
 def test_tuning_ranks_pairs_by_the_chosen_metric(char_lm):
-    from asr.decoding.beam import build_decoder
+    from asr.decoding.settings import build_decoder
     from asr.scoring.metrics import ErrorCounts
     from asr.scoring.tune import TuningRow, best_row
 
@@ -319,7 +322,7 @@ def test_held_out_scoring_counts_each_speaker_at_the_others_best_pair():
 def test_the_output_stored_is_the_one_better_held_out_by_speaker():
     """chars vs phones: compared held out when both have a held-out score (the best rows favour
     whichever fits the dev set more), else at their best rows; ties keep the first named."""
-    from asr.decoding.beam import DecodingSettings
+    from asr.decoding.settings import DecodingSettings
     from asr.scoring.metrics import ErrorCounts
     from asr.scoring.tune import HeldOutScore, TuningResult, TuningRow, best_tuning
 

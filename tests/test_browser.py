@@ -29,7 +29,8 @@ import pytest
 import soundfile
 import soxr
 
-from asr.data.dataset import Utterance, write_manifest
+from asr.data.manifest import Utterance
+from asr.data.manifest import write_manifest
 from tests.conftest import tiny_config
 from tests.test_server import free_port
 

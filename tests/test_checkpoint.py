@@ -104,7 +104,7 @@ def tiny_checkpoint(path: Path, **model: object) -> Path:
 
 
 def test_payload_records_training_audio_durations(trained_checkpoint, tone_corpus):
-    from asr.data.dataset import read_manifest
+    from asr.data.manifest import read_manifest
 
     durations = [u.duration for u in read_manifest(tone_corpus["train"])]
     saved = read_checkpoint(trained_checkpoint)

@@ -6,7 +6,8 @@ import numpy as np
 import soundfile
 
 from asr.cli import main
-from asr.data.dataset import write_manifest, read_manifest
+from asr.data.manifest import read_manifest
+from asr.data.manifest import write_manifest
 
 from conftest import tiny_config  # noqa: F401  (fixtures come from conftest)
 
@@ -79,12 +80,12 @@ def test_evaluate_checks_its_output_files_before_evaluating(trained_checkpoint, 
                      str(beneath_a_file)]) == 2
         assert f"{tmp_path / 'a-file'} is not a folder" in capsys.readouterr().err
     # A write that fails anyway (disk full, permissions changed meanwhile): the report is printed, exit 1.
-    import asr.cli
+    import asr.scoring.evaluate
 
     def disk_full(path, report):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(asr.cli, "write_utterance_scores", disk_full)
+    monkeypatch.setattr(asr.scoring.evaluate, "write_utterance_scores", disk_full)
     report = tmp_path / "new-folder" / "report.txt"  # missing folders are fine: they are created
     code = main(["evaluate", str(trained_checkpoint), str(tone_corpus["valid"]), "--utterances",
                  str(tmp_path / "utts.jsonl"), "--report", str(report), "--workers", "1"])
@@ -211,7 +212,7 @@ def test_json_srt_and_vtt_carry_word_times(trained_checkpoint, tone_corpus, tmp_
 
 
 def test_subtitle_cues_split_at_pauses_and_format_times():
-    from asr.inference.recognizer import TimedWord
+    from asr.inference.results import TimedWord
     from asr.inference.writers import format_srt, format_vtt, subtitle_cues
 
     words = [TimedWord("a", 0.5, 0.9, 1.0), TimedWord("cab", 1.0, 1.5, 1.0), TimedWord("dab", 3661.25, 3661.5, 1.0)]
@@ -227,7 +228,7 @@ def test_subtitle_cues_split_at_pauses_and_format_times():
 
 
 def test_plan_windows_cut_in_pauses_and_tile_the_file():
-    from asr.inference.recognizer import plan_windows
+    from asr.inference.windows import plan_windows
 
     rate = 16000
     rng = np.random.default_rng(0)

@@ -5,19 +5,10 @@ import pytest
 import soundfile
 import torch
 
-from asr.data.dataset import (
-    BucketBatchSampler,
-    ManifestError,
-    SpeechDataset,
-    Utterance,
-    collate,
-    ctc_min_frames,
-    filter_for_training,
-    read_manifest,
-    scan_librispeech,
-    split_by_speaker,
-    write_manifest,
-)
+from asr.data.dataset import BucketBatchSampler, SpeechDataset, collate, ctc_min_frames, filter_for_training
+from asr.data.manifest import ManifestError, Utterance, read_manifest
+from asr.data.librispeech import scan_librispeech
+from asr.data.manifest import split_by_speaker, write_manifest
 from asr.data.text import CharVocabulary
 
 

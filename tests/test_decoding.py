@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from asr.decoding.beam import GreedyDecoder
+from asr.decoding.greedy import GreedyDecoder
 from asr.data.text import CharVocabulary
 
 VOCAB = CharVocabulary([" ", "a", "b"])  # ids: 0 blank, 1 space, 2 a, 3 b

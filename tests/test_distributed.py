@@ -26,7 +26,7 @@ def write_config(config, folder) -> str:
 def torchrun(nproc: int, config_path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "asr.training.loop", str(config_path), *overrides]
+               "-m", "asr", "train", str(config_path), *overrides]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -62,7 +62,7 @@ def test_elastic_restart_after_a_worker_is_killed(tone_corpus, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     job = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-         "-m", "asr.training.loop", str(path)],
+         "-m", "asr", "train", str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     deadline = time.monotonic() + 120
@@ -101,7 +101,9 @@ def run_or_fail_on_hang(command: list[str], timeout: float, log_path) -> tuple[i
 
 @pytest.mark.slow
 def test_ranks_stay_in_step_when_one_ranks_batch_is_all_unreadable(tone_corpus, tmp_path):
-    from asr.data.dataset import BucketBatchSampler, Utterance, frame_counts, read_manifest, write_manifest
+    from asr.data.dataset import BucketBatchSampler, frame_counts
+    from asr.data.manifest import Utterance, read_manifest
+    from asr.data.manifest import write_manifest
 
     broken = tmp_path / "broken.flac"
     broken.write_text("not audio")
@@ -121,7 +123,7 @@ def test_ranks_stay_in_step_when_one_ranks_batch_is_all_unreadable(tone_corpus, 
         empty_batches += sum(batch == [len(utterances) - 1] for batch in sampler._remaining())
     assert empty_batches > 0  # the test's premise: some rank gets the all-unreadable batch
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "asr.training.loop", write_config(config, tmp_path)]
+               "-m", "asr", "train", write_config(config, tmp_path)]
     returncode, output = run_or_fail_on_hang(command, timeout=180, log_path=tmp_path / "torchrun.log")
     assert returncode == 0, output[-3000:]
     assert "skipping utterance broken" in output

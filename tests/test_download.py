@@ -148,7 +148,8 @@ def test_unreachable_server_fails_after_retries(tmp_path, monkeypatch):
 def test_prepare_librispeech_end_to_end_through_a_mirror(server, tmp_path, monkeypatch, capsys):
     from asr.data import librispeech
     from asr.cli import main
-    from asr.data.dataset import SpeechDataset, read_manifest
+    from asr.data.dataset import SpeechDataset
+    from asr.data.manifest import read_manifest
     from asr.data.text import CharVocabulary
 
     archive = tiny_librispeech_tarball("dev-clean")

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from asr import cli
+from asr.cli import main
 from asr.config import ConfigError, to_dict
-from asr.data.dataset import ManifestError, Utterance, write_manifest
+from asr.data.manifest import ManifestError, Utterance
+from asr.data.manifest import write_manifest
 from asr.errors import AsrError, DiskFullError, no_space_left
 from asr.training.loop import train
 
@@ -54,7 +55,7 @@ def test_a_bug_keeps_its_traceback(tone_corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(asr.training.loop, "train", buggy)
     with pytest.raises(ValueError, match="an internal bug"):
-        cli.main(["train", write_config(tiny_config(tmp_path / "run", tone_corpus), tmp_path)])
+        main(["train", write_config(tiny_config(tmp_path / "run", tone_corpus), tmp_path)])
 
 
 def no_espeak(monkeypatch):
@@ -83,12 +84,12 @@ def test_user_errors_in_training_are_one_line_and_exit_2(tone_corpus, tmp_path, 
     if setup is not None:
         setup(monkeypatch)
     path = write_config(tiny_config(tmp_path / "run", tone_corpus), tmp_path)
-    assert cli.main(["train", path, *overrides]) == 2
+    assert main(["train", path, *overrides]) == 2
     assert expected in assert_one_error_line(capsys)
 
 
 def test_a_missing_config_file_is_one_line(tmp_path, capsys):
-    assert cli.main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in assert_one_error_line(capsys)
 
 
@@ -101,7 +102,7 @@ def test_a_manifest_of_unreadable_files_names_it_and_the_reasons(tone_corpus, tm
     message = str(raised.value)
     assert str(manifest) in message and "3 unreadable" in message and "bad-0.flac" in message
     with pytest.warns(UserWarning):
-        assert cli.main(["train", write_config(config, tmp_path)]) == 2
+        assert main(["train", write_config(config, tmp_path)]) == 2
     assert str(manifest) in assert_one_error_line(capsys)
 
 
@@ -136,7 +137,7 @@ def test_a_full_disk_is_reported_and_last_pt_stays_intact(tone_corpus, tmp_path,
     assert (out / "last.pt").read_bytes() == before
     assert load_checkpoint(out / "last.pt")["train_state"]["position"]["epoch"] == 1
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
-    assert cli.main(["train", write_config(config, tmp_path)]) == 2
+    assert main(["train", write_config(config, tmp_path)]) == 2
     assert "the disk is full" in assert_one_error_line(capsys)
 
 
@@ -171,7 +172,7 @@ def test_user_error_types_share_the_base():
 def test_python_dash_m_asr_train_reports_errors_like_asr_train(tone_corpus, tmp_path):
     # The torchrun entry point: a config error is one line and exit 2, not a traceback.
     path = write_config(tiny_config(tmp_path / "run", tone_corpus), tmp_path)
-    result = subprocess.run([sys.executable, "-m", "asr.training.loop", path, "model.hidden_size=-5"],
+    result = subprocess.run([sys.executable, "-m", "asr", "train", path, "model.hidden_size=-5"],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asr.data.dataset import scan_librispeech
+from asr.data.librispeech import scan_librispeech
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import numpy as np
 import soundfile
 
 from asr.cli import main
-from asr.data.dataset import read_manifest
-from asr.decoding.beam import GreedyDecoder
+from asr.data.manifest import read_manifest
+from asr.decoding.greedy import GreedyDecoder
 from asr.scoring.evaluate import evaluate, evaluate_manifest
 from asr.inference.recognizer import load_model
 from asr.scoring.tune import compute_emissions, decode_texts, fingerprint, load_emissions, save_emissions

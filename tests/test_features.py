@@ -144,7 +144,8 @@ def test_vtlp_draws_one_warp_per_utterance_only_when_enabled():
 
 @pytest.mark.parametrize("rate, hop, window", [(16000, 160, 400), (8000, 80, 200), (22050, 256, 1024)])
 def test_one_frame_count_formula_for_features_and_manifest_durations(rate, hop, window):
-    from asr.data.dataset import Utterance, frame_counts, output_frames
+    from asr.data.dataset import frame_counts, output_frames
+    from asr.data.manifest import Utterance
 
     config = FeatureConfig(sample_rate=rate, hop_length=hop, win_length=window, n_fft=window, n_mels=20)
     log_mel = LogMel(config)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from asr.data.audio import load_audio
 from asr.config import ExperimentConfig, load_config
-from asr.data.dataset import write_manifest
+from asr.data.manifest import write_manifest
 from asr.errors import AsrError
 from asr.data.manifest import Utterance, read_manifest, read_manifest_lines
 from asr.data.text import CharVocabulary, normalize_text

@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from asr.inference.live import LiveOptions, LiveTranscriber
-from asr.serving.app import ServerOptions, create_app
 from asr.inference.recognizer import load_model
+from asr.serving.app import create_app
+from asr.serving.context import ServerOptions
 from tests.conftest import SAMPLE_RATE, tone_audio
 
 PHRASES = ["bad cab", "a dab", "cede a bee"]

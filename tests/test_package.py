@@ -18,18 +18,18 @@ from fixtures.make_fixtures import probe_waveform
 
 from asr.storage.checkpoint import CheckpointError, load_checkpoint
 from asr.cli import main
-from asr.decoding.beam import load_decoding_settings
+from asr.decoding.settings import load_decoding_settings
 from asr.errors import AsrError
-from asr.deploy.package import (
+from asr.deploy.package import package_model
+from asr.storage.model_folder import (
     DECODING_FILE,
     FOLDER_VERSION,
-    HubError,
     PackageError,
-    package_model,
     read_model_folder,
     tuned_settings_file,
     weights_file,
 )
+from asr.storage.hub import HubError
 from asr.inference.recognizer import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -284,7 +284,7 @@ def test_hub_errors_are_clear(tmp_path, monkeypatch):
     with pytest.raises(HubError, match="hf://ORG/NAME"):
         load_model("hf://no-slash")
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
-    with pytest.raises(HubError, match=r"pip install 'asr\[hub\]'"):
+    with pytest.raises(HubError, match=r"pip install 'lstm-asr\[hub\]'"):
         load_model("hf://someone/tiny")
 
 

@@ -12,9 +12,10 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
-from asr.serving.app import ServerOptions, create_app
 from asr.inference.recognizer import load_model
 from asr.inference.writers import render
+from asr.serving.app import create_app
+from asr.serving.context import ServerOptions
 from tests.conftest import SAMPLE_RATE, tone_audio
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from asr.decoding.beam import BeamSearchOptions, DecodingSettings, load_decoding_settings
+from asr.decoding.beam import BeamSearchOptions
+from asr.decoding.settings import DecodingSettings, load_decoding_settings
 from asr.lm.lexicon import LanguageModelError, Lexicon
 from asr.decoding.phone_lexicon import MAX_WORDS_PER_PRONUNCIATION, PhoneLexiconDecoder
 from asr.data.phones import NUM_PHONE_LABELS, PHONE_IDS

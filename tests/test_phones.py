@@ -105,11 +105,11 @@ def test_training_with_the_phone_loss_trains_the_phone_head(tone_corpus, tmp_pat
     from asr.training.loop import train
     from asr.inference.recognizer import load_model
 
-    import asr.training.loop
+    import asr.training.steps
 
     calls, losses = [], []
     monkeypatch.setattr(phones, "_espeak", fake_espeak(calls))
-    ctc_loss = asr.training.loop.ctc_loss
+    ctc_loss = asr.training.steps.ctc_loss
 
     def recording_ctc_loss(log_probs, *args):
         loss = ctc_loss(log_probs, *args)
@@ -117,7 +117,7 @@ def test_training_with_the_phone_loss_trains_the_phone_head(tone_corpus, tmp_pat
             losses.append((log_probs.shape[-1], loss.item()))
         return loss
 
-    monkeypatch.setattr(asr.training.loop, "ctc_loss", recording_ctc_loss)
+    monkeypatch.setattr(asr.training.steps, "ctc_loss", recording_ctc_loss)
     config = tiny_config(tmp_path / "run", tone_corpus, model={"phone_ctc_weight": 0.5, "phone_ctc_layer": 1})
     state = train(config)
     assert len(calls) == 1 and (tmp_path / "run" / "phones.json").exists()

@@ -6,28 +6,27 @@ The full harness (24 kills, DDP restarts, ~70 kinds of bad input, long fuzzing, 
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
+from asr.data.synthetic import tiny_config
 from asr.utils import threads
 from asr.utils.threads import CpuSample, ThreadGovernor, ThreadSettingError, choose_threads, others_cores
 
-from conftest import tiny_config
-
-ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def load_harness():
-    spec = importlib.util.spec_from_file_location("reliability", ROOT / "scripts" / "reliability.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("reliability", module)
-    spec.loader.exec_module(module)
-    return module
+def load_harness(name: str = "reliability") -> ModuleType:
+    """One of scripts/reliability*.py; they import each other by name, as when the script runs."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.append(str(SCRIPTS))
+    return importlib.import_module(name)
 
 
 # --------------------------------------------------------------------------- the thread governor
@@ -202,8 +201,8 @@ def test_a_fixed_train_threads_is_never_governed(monkeypatch):
 
 
 def test_training_and_transcription_consult_the_governor(tone_corpus, trained_checkpoint, tmp_path, monkeypatch):
-    from asr.training import loop as train_module
     from asr.inference import recognizer as transcribe_module
+    from asr.training import loop as train_module
 
     calls = []
     monkeypatch.setattr(train_module, "adjust_threads", lambda fixed=0: calls.append(("step", fixed)))
@@ -222,7 +221,7 @@ def test_training_and_transcription_consult_the_governor(tone_corpus, trained_ch
 
 @pytest.mark.slow
 def test_kill_nine_during_training_resumes_to_the_same_weights(tmp_path):
-    harness = load_harness()
+    harness = load_harness("reliability_kill")
     report = harness.run_kill_section(tmp_path, kills=3, seed=1, epochs=4)
     assert report.tried == 3
     assert report.survived == report.tried, harness.kill_table(report, [])
@@ -242,7 +241,7 @@ FAST_KINDS = (
 
 
 def test_bad_input_kinds_are_handled_and_no_payload_runs(tmp_path):
-    harness = load_harness()
+    harness = load_harness("reliability_bad_input")
     report = harness.run_bad_input_section(tmp_path, quick=True, in_process=True,
                                            select=lambda case: case.name in FAST_KINDS)
     assert len(report.results) == len(FAST_KINDS)
@@ -253,7 +252,7 @@ def test_bad_input_kinds_are_handled_and_no_payload_runs(tmp_path):
 
 def test_the_payload_would_run_if_unpickled(tmp_path):
     """The harness's malicious checkpoints are real: an unsafe load creates the marker."""
-    harness = load_harness()
+    harness = load_harness("reliability_bad_cases")
     marker = tmp_path / "RAN"
     path = tmp_path / "payload.pt"
     torch.save({"model": harness.Payload(marker)}, path)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from asr.serving.app import ServerOptions, create_app, exposure_warning
 from asr.inference.recognizer import load_model
+from asr.serving.app import create_app, exposure_warning
+from asr.serving.context import ServerOptions
 from tests.conftest import SAMPLE_RATE, tone_audio
 
 

@@ -72,7 +72,8 @@ def test_resume_reaches_the_same_weights(tone_corpus, tmp_path, join_fraction):
 
 
 def test_an_unreadable_training_file_is_skipped_not_fatal(tone_corpus, tmp_path):
-    from asr.data.dataset import read_manifest, write_manifest
+    from asr.data.manifest import read_manifest
+    from asr.data.manifest import write_manifest
 
     utterances = read_manifest(tone_corpus["train"])
     broken = tmp_path / "broken.flac"
@@ -88,9 +89,10 @@ def test_an_unreadable_training_file_is_skipped_not_fatal(tone_corpus, tmp_path)
 def test_budget_schedule_ends_the_cosine_when_the_time_budget_does(monkeypatch):
     from types import SimpleNamespace
 
-    from asr.training import loop as train_module
+    from asr.training import schedule as train_module
     from asr.config import ConfigError, ExperimentConfig, OptimConfig, TrainConfig
-    from asr.training.loop import EpochStats, TrainState, fit_schedule_to_budget, make_scheduler
+    from asr.training.run import EpochStats, TrainState
+    from asr.training.schedule import fit_schedule_to_budget, make_scheduler
 
     config = ExperimentConfig(optim=OptimConfig(lr=1.0, warmup_steps=10, final_lr_ratio=0.1, schedule="budget"),
                               train=TrainConfig(epochs=100, max_minutes=1.0))
@@ -238,12 +240,12 @@ def test_an_8_khz_config_trains_on_the_features_inference_computes(tone_corpus, 
 def test_the_train_command_says_when_there_is_no_validation_set(tone_corpus, tmp_path, capsys):
     import yaml
 
-    from asr import cli
+    from asr.cli import main
     from asr.config import to_dict
 
     config = tiny_config(tmp_path / "run", tone_corpus, data={"valid_manifest": ""}, train={"epochs": 1})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(to_dict(config)))
-    assert cli.main(["train", str(path)]) == 0
+    assert main(["train", str(path)]) == 0
     out = capsys.readouterr().out
     assert "no validation set" in out and "inf %" not in out

@@ -13,17 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asr.cli import main
-from asr.decoding.beam import Hypothesis, WordSpan
-from asr.inference.recognizer import (
+from asr.decoding.hypothesis import Hypothesis, WordSpan
+from asr.inference.recognizer import load_model
+from asr.inference.windows import (
     LONG_AUDIO_SECONDS,
     MIN_WINDOW_SECONDS,
     FileEmissions,
     Window,
     join_windows,
-    load_model,
     plan_windows,
-    timed_words,
 )
+from asr.inference.results import timed_words
 from asr.inference.writers import output_names
 
 
@@ -167,7 +167,8 @@ def test_load_model_decodes_with_the_tuned_settings_like_the_cli(trained_checkpo
     from test_cli import tone_lm
 
     import asr
-    from asr.decoding.beam import BeamSearchOptions, DecodingSettings, save_decoding_settings
+    from asr.decoding.beam import BeamSearchOptions
+    from asr.decoding.settings import DecodingSettings, save_decoding_settings
     from asr.inference.recognizer import DecodingFallbackWarning
 
     checkpoint = tmp_path / "model.pt"

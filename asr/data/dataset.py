@@ -8,136 +8,22 @@ A manifest is JSONL, one utterance per line::
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import soxr
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from asr.data.audio import AudioError, audio_duration, load_audio
+from asr.data.audio import AudioError, load_audio
 from asr.config import FeatureConfig
 
-# The manifest format lives in asr.data.manifest (no torch); re-exported for existing imports.
-from asr.data.manifest import (  # noqa: F401
-    ManifestError,
-    ManifestProblem,
-    ManifestReading,
-    Utterance,
-    decode_utf8_line,
-    read_manifest,
-    read_manifest_lines,
-)
-from asr.data.text import CharVocabulary, OutOfVocabularyError, normalize_text
-
-
-def write_manifest(path: str | Path, utterances: Sequence[Utterance]) -> None:
-    from asr.utils.atomic import atomic_write
-
-    with atomic_write(path) as out:
-        for utt in utterances:
-            entry = asdict(utt)
-            if entry["speed"] == 1.0:
-                del entry["speed"]
-            out.write(json.dumps(entry, ensure_ascii=False) + "\n")
-
-
-# --------------------------------------------------------------------------- preparation
-
-
-@dataclass
-class PrepareReport:
-    utterances: list[Utterance]
-    missing_audio: list[str]  # transcript lines whose audio file does not exist
-    missing_transcripts: list[str]  # audio files that no transcript mentions
-    unreadable: list[str]  # "path: reason" for audio that exists but cannot be read
-    bad_lines: list[str] = field(default_factory=list)  # "file:line: reason" for transcript lines skipped
-
-
-AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3")
-
-
-def scan_librispeech(root: str | Path) -> PrepareReport:
-    """Build utterances from a folder in the LibriSpeech layout (``*.trans.txt`` beside audio).
-
-    Each transcript line is ``<utt-id> <TEXT>``; the audio is ``<utt-id>.<ext>`` in the same
-    folder and the speaker is the part of the id before the first dash.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"{root}: not a directory")
-    utterances: list[Utterance] = []
-    missing_audio: list[str] = []
-    unreadable: list[str] = []
-    mentioned: set[Path] = set()
-    bad_lines: list[str] = []
-    for transcript in sorted(root.rglob("*.trans.txt")):
-        try:
-            raw_lines = transcript.read_bytes().splitlines()
-        except OSError as err:
-            bad_lines.append(f"{transcript}: unreadable ({err.strerror or err})")
-            continue
-        for number, raw in enumerate(raw_lines, start=1):
-            try:
-                line = decode_utf8_line(raw)
-            except ValueError as err:  # one bad line must not cost the rest of the corpus
-                bad_lines.append(f"{transcript}:{number}: {err}")
-                continue
-            if not line.strip():
-                continue
-            utt_id, _, text = line.strip().partition(" ")
-            candidates = [transcript.parent / f"{utt_id}{ext}" for ext in AUDIO_EXTENSIONS]
-            audio = next((c for c in candidates if c.exists()), None)
-            if audio is None:
-                missing_audio.append(f"{transcript}: {utt_id}")
-                continue
-            mentioned.add(audio.resolve())
-            try:
-                duration = audio_duration(audio)
-            except AudioError as err:
-                unreadable.append(str(err))
-                continue
-            utterances.append(
-                Utterance(
-                    id=utt_id,
-                    audio=str(audio.resolve()),
-                    text=normalize_text(text),
-                    duration=round(duration, 4),
-                    speaker=utt_id.split("-")[0],
-                )
-            )
-    missing_transcripts = sorted(
-        str(p)
-        for ext in AUDIO_EXTENSIONS
-        for p in root.rglob(f"*{ext}")
-        if p.resolve() not in mentioned
-    )
-    return PrepareReport(utterances, missing_audio, missing_transcripts, unreadable, bad_lines)
-
-
-def split_by_speaker(
-    utterances: Sequence[Utterance], dev_speakers: int | Sequence[str], seed: int = 0
-) -> tuple[list[Utterance], list[Utterance]]:
-    """Split into (train, dev) with no speaker in both; ``dev_speakers`` is a count or ids."""
-    speakers = sorted({u.speaker for u in utterances})
-    if isinstance(dev_speakers, int):
-        if not 0 < dev_speakers < len(speakers):
-            raise ManifestError(f"cannot hold out {dev_speakers} of {len(speakers)} speakers")
-        chosen = set(random.Random(seed).sample(speakers, dev_speakers))
-    else:
-        chosen = set(dev_speakers)
-        unknown = chosen - set(speakers)
-        if unknown:
-            raise ManifestError(f"unknown speaker id(s): {sorted(unknown)}")
-    train = [u for u in utterances if u.speaker not in chosen]
-    dev = [u for u in utterances if u.speaker in chosen]
-    return train, dev
+from asr.data.manifest import Utterance
+from asr.data.text import CharVocabulary, OutOfVocabularyError
 
 
 # --------------------------------------------------------------------------- dataset

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from asr.data.audio import AudioError, audio_duration
+from asr.data.manifest import ManifestError, Utterance, decode_utf8_line, read_manifest, write_manifest
+from asr.data.text import normalize_text
 from asr.utils.atomic import atomic_write
-from asr.data.dataset import Utterance, read_manifest, scan_librispeech, write_manifest
 from asr.utils.download import DownloadError, Resource, download, extract
 
 OPENSLR = "https://www.openslr.org/resources"
@@ -184,3 +186,73 @@ def _combine(name: str, parts: list[Path], dest: Path) -> Path:
         for part in parts:
             out.write(part.read_text(encoding="utf-8"))
     return path
+
+
+@dataclass
+class PrepareReport:
+    utterances: list[Utterance]
+    missing_audio: list[str]  # transcript lines whose audio file does not exist
+    missing_transcripts: list[str]  # audio files that no transcript mentions
+    unreadable: list[str]  # "path: reason" for audio that exists but cannot be read
+    bad_lines: list[str] = field(default_factory=list)  # "file:line: reason" for transcript lines skipped
+
+
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3")
+
+
+def scan_librispeech(root: str | Path) -> PrepareReport:
+    """Build utterances from a folder in the LibriSpeech layout (``*.trans.txt`` beside audio).
+
+    Each transcript line is ``<utt-id> <TEXT>``; the audio is ``<utt-id>.<ext>`` in the same
+    folder and the speaker is the part of the id before the first dash.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"{root}: not a directory")
+    utterances: list[Utterance] = []
+    missing_audio: list[str] = []
+    unreadable: list[str] = []
+    mentioned: set[Path] = set()
+    bad_lines: list[str] = []
+    for transcript in sorted(root.rglob("*.trans.txt")):
+        try:
+            raw_lines = transcript.read_bytes().splitlines()
+        except OSError as err:
+            bad_lines.append(f"{transcript}: unreadable ({err.strerror or err})")
+            continue
+        for number, raw in enumerate(raw_lines, start=1):
+            try:
+                line = decode_utf8_line(raw)
+            except ValueError as err:  # one bad line must not cost the rest of the corpus
+                bad_lines.append(f"{transcript}:{number}: {err}")
+                continue
+            if not line.strip():
+                continue
+            utt_id, _, text = line.strip().partition(" ")
+            candidates = [transcript.parent / f"{utt_id}{ext}" for ext in AUDIO_EXTENSIONS]
+            audio = next((c for c in candidates if c.exists()), None)
+            if audio is None:
+                missing_audio.append(f"{transcript}: {utt_id}")
+                continue
+            mentioned.add(audio.resolve())
+            try:
+                duration = audio_duration(audio)
+            except AudioError as err:
+                unreadable.append(str(err))
+                continue
+            utterances.append(
+                Utterance(
+                    id=utt_id,
+                    audio=str(audio.resolve()),
+                    text=normalize_text(text),
+                    duration=round(duration, 4),
+                    speaker=utt_id.split("-")[0],
+                )
+            )
+    missing_transcripts = sorted(
+        str(p)
+        for ext in AUDIO_EXTENSIONS
+        for p in root.rglob(f"*{ext}")
+        if p.resolve() not in mentioned
+    )
+    return PrepareReport(utterances, missing_audio, missing_transcripts, unreadable, bad_lines)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from asr.data.audio import AudioError, audio_duration
 from asr.errors import AsrError
+from asr.utils.atomic import atomic_write
 
 
 class ManifestError(AsrError, ValueError):
@@ -134,3 +137,32 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         more = f" (and {len(reading.problems) - 1} more bad lines)" if len(reading.problems) > 1 else ""
         raise ManifestError(f"{first}{more}")
     return reading.utterances
+
+
+def write_manifest(path: str | Path, utterances: Sequence[Utterance]) -> None:
+    """Write utterances as a manifest (atomically), the format :func:`read_manifest_lines` reads."""
+    with atomic_write(path) as out:
+        for utt in utterances:
+            entry = asdict(utt)
+            if entry["speed"] == 1.0:
+                del entry["speed"]
+            out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+def split_by_speaker(
+    utterances: Sequence[Utterance], dev_speakers: int | Sequence[str], seed: int = 0
+) -> tuple[list[Utterance], list[Utterance]]:
+    """Split into (train, dev) with no speaker in both; ``dev_speakers`` is a count or ids."""
+    speakers = sorted({u.speaker for u in utterances})
+    if isinstance(dev_speakers, int):
+        if not 0 < dev_speakers < len(speakers):
+            raise ManifestError(f"cannot hold out {dev_speakers} of {len(speakers)} speakers")
+        chosen = set(random.Random(seed).sample(speakers, dev_speakers))
+    else:
+        chosen = set(dev_speakers)
+        unknown = chosen - set(speakers)
+        if unknown:
+            raise ManifestError(f"unknown speaker id(s): {sorted(unknown)}")
+    train = [u for u in utterances if u.speaker not in chosen]
+    dev = [u for u in utterances if u.speaker in chosen]
+    return train, dev

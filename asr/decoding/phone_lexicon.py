@@ -22,10 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from flashlight.lib.text.decoder import Trie
 
-from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions, Hypothesis, _first_line, hypothesis_from_path
-from asr.lm.lexicon import LanguageModelError, Lexicon
 from asr.data.phones import NUM_PHONE_LABELS, PHONE_SYMBOLS
+from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions
+from asr.decoding.hypothesis import Hypothesis, hypothesis_from_path
+from asr.lm.lexicon import Lexicon
 
 SILENCE = NUM_PHONE_LABELS  # the extra emission column flashlight's silence label points at
 NEVER = -1e30  # its log-probability: finite, so that merged scores never become NaN
@@ -33,7 +35,7 @@ MAX_WORDS_PER_PRONUNCIATION = 6  # flashlight's trie keeps at most this many wor
 
 
 class PhoneLabels:
-    """The phone head's labels, in the shape :func:`asr.decoding.beam.hypothesis_from_path` reads
+    """The phone head's labels, in the shape :func:`asr.decoding.hypothesis.hypothesis_from_path` reads
     a vocabulary: blank 0, the phones, and the silence column as its "space"."""
 
     blank_id = 0
@@ -54,39 +56,12 @@ class PhoneLexiconDecoder(BeamSearchDecoder):
 
     def __init__(self, lexicon: Lexicon, options: BeamSearchOptions = BeamSearchOptions(),
                  lm: str | Path | None = None) -> None:
-        self.vocabulary = PhoneLabels()  # type: ignore[assignment]
-        self.options = options
-        self.lm = str(lm) if lm is not None else None
-        if self.lm is not None and not Path(self.lm).is_file():
-            raise LanguageModelError(f"{self.lm}: language model file not found")
-        self.char_lm = False
-        self.lexicon = lexicon
         self.dropped_homophones: list[str] = []  # words beyond MAX_WORDS_PER_PRONUNCIATION on one pronunciation
-        self._engine = None
-        self._shared = None
-        if self.lm is not None:
-            self._build()  # fail now, with the file's name, rather than at the first utterance
+        super().__init__(PhoneLabels(), options, lm=lm, lexicon=lexicon)  # type: ignore[arg-type]
 
-    def _resources(self):
-        """(LM, trie, word list), built once and shared with with_options() copies."""
-        if self._shared is not None:
-            return self._shared
-        from flashlight.lib.text.decoder import SmearingMode, Trie, ZeroLM
-        from flashlight.lib.text.dictionary import Dictionary
-
-        words = ["<unk>", *(w for w in self.lexicon.spellings if w != "<unk>")]
-        if self.lm is not None:
-            from flashlight.lib.text.decoder.kenlm import KenLM
-
-            try:
-                lm = KenLM(self.lm, Dictionary(words))
-            except RuntimeError as err:
-                raise LanguageModelError(f"{self.lm}: KenLM cannot read this language model ({_first_line(err)})") from err
-        else:
-            lm = ZeroLM()
-        start = lm.start(False)
-        unigrams = {index: lm.score(start, index)[1] for index in range(1, len(words))}
-        # Homophones share a trie node, which holds a handful of words: the likeliest keep it.
+    def _trie(self, words: list[str], unigrams: dict[int, float]) -> Trie:
+        """Phone spellings without a word-end label; homophones share a trie node, which holds a
+        handful of words: the likeliest keep it."""
         by_spelling: dict[tuple[int, ...], list[int]] = {}
         for index in sorted(unigrams, key=lambda i: -unigrams[i]):
             for spelling in self.lexicon.spellings[words[index]]:
@@ -96,29 +71,16 @@ class PhoneLexiconDecoder(BeamSearchDecoder):
             for index in indices[:MAX_WORDS_PER_PRONUNCIATION]:
                 trie.insert(list(spelling), index, unigrams[index])  # smeared over the prefixes: look-ahead only
             self.dropped_homophones += [words[i] for i in indices[MAX_WORDS_PER_PRONUNCIATION:]]
-        trie.smear(SmearingMode.MAX)
         if self.dropped_homophones:  # rare words as a rule, but a user looking for one should know
             dropped = self.dropped_homophones
             warnings.warn(f"{len(dropped)} lexicon word(s) cannot be decoded: each shares its pronunciation with "
                           f"{MAX_WORDS_PER_PRONUNCIATION} likelier words ({', '.join(dropped[:5])}"
-                          f"{', ...' if len(dropped) > 5 else ''})", stacklevel=3)
-        self._shared = (lm, trie, words)
-        return self._shared
+                          f"{', ...' if len(dropped) > 5 else ''})", stacklevel=5)
+        return trie
 
-    def _build(self):
-        if self._engine is not None:
-            return self._engine
-        from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions
-
-        o = self.options
-        lm, trie, words = self._resources()
-        lm_weight = o.lm_weight if self.lm is not None else 0.0
-        labels = NUM_PHONE_LABELS + 1
-        options = LexiconDecoderOptions(o.beam_size, o.beam_size_token or labels, o.beam_threshold, lm_weight,
-                                        o.word_score, -math.inf, 0.0, o.log_add, CriterionType.CTC)
-        decoder = LexiconDecoder(options, trie, lm, SILENCE, 0, 0, [], False)
-        self._engine = (decoder, words)
-        return self._engine
+    def _lexicon_search(self) -> tuple[int, int, float, float]:
+        """Phones plus the silence column; no word outside the lexicon, no score for the silence step."""
+        return NUM_PHONE_LABELS + 1, SILENCE, -math.inf, 0.0
 
     def decode_matrix(self, log_probs: np.ndarray) -> list[Hypothesis]:
         """n-best hypotheses (best first) for one utterance's (T, NUM_PHONE_LABELS) phone log-probs."""

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from asr.utils.atomic import atomic_path
 from asr.config import to_dict
-from asr.decoding.beam import DecodingSettings
+from asr.decoding.settings import DecodingSettings
 from asr.errors import AsrError
-from asr.model.features import remove_running_mean
 from asr.inference.recognizer import SpeechRecognizer, load_model
+from asr.model.features import remove_running_mean
+from asr.utils.atomic import atomic_path
 
 
 class WaveformToLogProbs(nn.Module):
@@ -102,8 +103,7 @@ class StreamingStep(nn.Module):
             ([zeros.clone()] if self.lstm else [])
 
 
-def _exportable(checkpoint: str | Path) -> SpeechRecognizer:
-    recognizer = load_model(checkpoint, decoding=DecodingSettings())  # the network alone: no LM to load
+def _whole_utterance(recognizer: SpeechRecognizer, checkpoint: str | Path) -> SpeechRecognizer:
     if recognizer.config.model.direction == "latency_controlled":
         # Its chunk count is Python arithmetic on the length, which tracing would freeze to the example's.
         raise ExportError(f"{checkpoint}: a latency-controlled model is exported as its ONNX streaming step "
@@ -112,16 +112,46 @@ def _exportable(checkpoint: str | Path) -> SpeechRecognizer:
     return recognizer
 
 
+def _network(checkpoint: str | Path) -> SpeechRecognizer:
+    return load_model(checkpoint, decoding=DecodingSettings())  # the network alone: no LM to load
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    path: Path  # the file written
+    format: str  # onnx or torchscript
+    streaming: bool  # the streaming step (StreamingStep), else the whole-utterance graph (WaveformToLogProbs)
+
+
+def export_model(checkpoint: str | Path, out: str | Path, format: str | None = None,
+                 streaming: bool = False) -> ExportedModel:
+    """Export ``checkpoint`` the way its kind allows (``asr export``): the ONNX streaming step when
+    ``streaming`` is asked for or the model is latency-controlled and ONNX is wanted, else the
+    whole-utterance graph; ``format`` None: ONNX for a ``.onnx`` file, else TorchScript."""
+    fmt = format or ("onnx" if str(out).endswith(".onnx") else "torchscript")
+    recognizer = _network(checkpoint)
+    if streaming or (fmt == "onnx" and recognizer.config.model.direction == "latency_controlled"):
+        if fmt != "onnx":
+            raise ExportError("the streaming step is exported as ONNX (an .onnx file or --format onnx)")
+        return ExportedModel(_write_streaming_onnx(recognizer, checkpoint, out), fmt, True)
+    _whole_utterance(recognizer, checkpoint)
+    path = _write_onnx(recognizer, out) if fmt == "onnx" else _write_torchscript(recognizer, out)
+    return ExportedModel(path, fmt, False)
+
+
 def export_streaming_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
     """Write a streaming model's :class:`StreamingStep` as ONNX, with what a runtime needs in
     its metadata: vocabulary, config, ``streaming_chunk_frames`` (frames a window advances),
     ``streaming_window_frames`` (frames it reads), ``subsampling_factor`` and ``seconds_per_step``."""
+    return _write_streaming_onnx(_network(checkpoint), checkpoint, out, opset)
+
+
+def _write_streaming_onnx(recognizer: SpeechRecognizer, checkpoint: str | Path, out: str | Path,
+                          opset: int = 17) -> Path:
     import onnx
 
-    recognizer = load_model(checkpoint, decoding=DecodingSettings())
-    if not recognizer.streams:
-        raise ExportError(f"{checkpoint}: a {recognizer.config.model.direction} model with "
-                          f"{recognizer.config.features.normalization} normalisation cannot stream")
+    if recognizer.streaming_problem:
+        raise ExportError(f"{checkpoint}: {recognizer.streaming_problem}")
     step = StreamingStep(recognizer).eval()
     n_mels = recognizer.config.features.n_mels
     example = (torch.randn(1, step.window_frames, n_mels) - 5.0, torch.tensor([step.window_frames]),
@@ -161,7 +191,10 @@ def _metadata(recognizer: SpeechRecognizer) -> dict[str, str]:
 
 
 def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
-    recognizer = _exportable(checkpoint)
+    return _write_torchscript(_whole_utterance(_network(checkpoint), checkpoint), out)
+
+
+def _write_torchscript(recognizer: SpeechRecognizer, out: str | Path) -> Path:
     module = WaveformToLogProbs(recognizer).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # sizes are traced symbolically (tested)
@@ -173,9 +206,12 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
+    return _write_onnx(_whole_utterance(_network(checkpoint), checkpoint), out, opset)
+
+
+def _write_onnx(recognizer: SpeechRecognizer, out: str | Path, opset: int = 17) -> Path:
     import onnx
 
-    recognizer = _exportable(checkpoint)
     module = WaveformToLogProbs(recognizer).eval()
     out = Path(out)
     with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():

@@ -1,1 +1,1 @@
-"""TODO"""
+"""Inference: a loaded model transcribing files, samples and streams (recognizer, windows, results, streaming, live, writers); imports decoding, model, storage, data and utils, never training, scoring, deploy, serving or cli."""

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import soxr
 
 from asr.data.audio import AUDIBLE_POWER
-from asr.inference.recognizer import TimedWord, plan_windows, smoothed_power
+from asr.inference.recognizer import SpeechRecognizer
+from asr.inference.results import TimedWord
+from asr.inference.streaming import RecognitionStream
+from asr.inference.windows import plan_windows, smoothed_power
 from asr.inference.writers import word_record
-
-if TYPE_CHECKING:
-    from asr.inference.streaming import RecognitionStream
-    from asr.inference.recognizer import SpeechRecognizer
 
 FRAME_SECONDS = 0.01  # smoothed_power's frame hop
 EDGE_FRAMES = 5  # smoothed_power's frames this close to the buffer's ends are averaged with zeros: not judged

@@ -8,90 +8,49 @@
 
 from __future__ import annotations
 
-import math
+import warnings
+from dataclasses import replace
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from asr.data.audio import AudioError, read_audio
-from asr.storage.checkpoint import CheckpointError
 from asr.config import ExperimentConfig
-from asr.decoding.beam import (
-    BeamSearchDecoder,
-    Decoder,
-    DecodingSettings,
-    GreedyDecoder,
-    Hypothesis,
-    ParallelDecoder,
-    build_decoder,
-)
+from asr.data.audio import AudioError, read_audio
+from asr.data.text import CharVocabulary
+from asr.decoding.beam import BeamSearchDecoder
+from asr.decoding.greedy import GreedyDecoder
+from asr.decoding.hypothesis import Decoder
+from asr.decoding.parallel import ParallelDecoder
+from asr.decoding.settings import DecodingSettings, build_decoder, load_decoding_settings
+from asr.lm.lexicon import LanguageModelError
+from asr.storage.hub import resolve_model
+from asr.storage.model_folder import read_model, tuned_settings_file
 from asr.errors import AsrError
+from asr.inference.results import Transcription
+from asr.inference.streaming import RecognitionStream
+from asr.inference.windows import (
+    LONG_AUDIO_SECONDS,
+    MIN_WINDOW_SECONDS,
+    WINDOW_OVERLAP_FRACTION,
+    WINDOW_OVERLAP_SECONDS,
+    FileEmissions,
+    Window,
+    decode_windows,
+    join_windows,
+    plan_windows,
+)
 from asr.model.features import FeatureFrontend
 from asr.model.network import AcousticModel
-from asr.data.text import CharVocabulary
-from asr.utils.precision import PrecisionFallbackWarning, usable_precision
+from asr.storage.checkpoint import CheckpointError
+from asr.utils.precision import PrecisionFallbackWarning, autocast, usable_precision
 from asr.utils.threads import adjust_threads
-
-if TYPE_CHECKING:
-    from asr.inference.streaming import RecognitionStream
 
 # Audio seconds per inference batch: bounds memory while keeping the LSTM's matrices large.
 BATCH_SECONDS = 120.0
 FILES_PER_GROUP = 256  # files read into memory at once ...
 GROUP_SECONDS = 30 * 60.0  # ... or this much audio (an hour-long file is a group of its own)
-# Files longer than the window are cut into windows at pauses. A BiLSTM does worst on input
-# longer than anything it was trained on (the demo model: WER 8 % on its utterances one by one,
-# 23-43 % on 8-24 s of them joined), so the window is the checkpoint's longest training
-# utterance, kept within these bounds; its memory and latency also grow with the input.
-LONG_AUDIO_SECONDS = 30.0  # the window when the checkpoint does not say, and the longest one
-MIN_WINDOW_SECONDS = 4.0  # shorter windows would be mostly overlap
-WINDOW_OVERLAP_SECONDS = 1.0  # context on each side of a cut ...
-WINDOW_OVERLAP_FRACTION = 0.125  # ... but at most this share of the window
-CUT_SEARCH_SECONDS = 8.0  # how far before the longest allowed span a quiet cut point is sought
-
-
-@dataclass(frozen=True)
-class TimedWord:
-    word: str
-    start: float  # seconds from the start of the file
-    end: float  # seconds, at most the file's duration
-    confidence: float  # mean CTC posterior of the word's characters, in [0, 1]
-
-
-@dataclass(frozen=True)
-class Transcription:
-    path: str  # the input file
-    text: str = ""  # the transcript ("" when the file failed)
-    error: str | None = None  # why the file could not be transcribed, else None
-    duration: float = 0.0  # seconds of audio
-    hypothesis: Hypothesis | None = None  # decoder output, with token frames and score (None when windowed)
-    words: tuple[TimedWord, ...] = ()  # the transcript's words with times and confidences
-    warnings: tuple[str, ...] = ()  # what was odd about the file but did not stop it (truncated, ...)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass(frozen=True)
-class Window:
-    start: int  # first sample given to the model
-    end: int  # one past the last sample
-    keep_start: float  # seconds: the window's own span, whose words it contributes ...
-    keep_end: float  # ... [keep_start, keep_end); the rest is context shared with its neighbours
-
-
-@dataclass(frozen=True)
-class FileEmissions:
-    """The acoustic model's output for one file, window by window (one window when short)."""
-
-    windows: tuple[Window, ...]  # the pieces the file was cut into, in time order
-    matrices: tuple[np.ndarray, ...]  # (T, V) log-probabilities per window
-    duration: float  # seconds of audio in the whole file
 
 
 class SpeechRecognizer:
@@ -165,20 +124,20 @@ class SpeechRecognizer:
     def stream(self, name: str = "<stream>") -> RecognitionStream:
         """A stream to feed samples into as they arrive (asr/inference/streaming.py). Raises
         :class:`asr.inference.streaming.StreamingError` when the model or its features cannot stream."""
-        from asr.inference.streaming import RecognitionStream
-
         return RecognitionStream(self, name)
+
+    def check_units(self, units: str) -> None:
+        """LanguageModelError unless this model has the output ``units`` decode (phones: a phone head)."""
+        if units == "phones" and self.model.phone_output is None:
+            raise LanguageModelError("phone decoding needs a model trained with a phone head (model.phone_ctc_weight "
+                                     "> 0); this one has none")
 
     def use_decoding(self, settings: DecodingSettings, workers: int = 1) -> str | None:
         """Switch decoders. An unusable LM or lexicon falls back to greedy decoding: the
         returned message says why (None when ``settings`` were applied as given)."""
-        from asr.lm.lexicon import LanguageModelError
-
         self.workers = workers
         try:
-            if settings.units == "phones" and self.model.phone_output is None:
-                raise LanguageModelError("phone decoding needs a model trained with a phone head (model.phone_ctc_weight "
-                                         "> 0); this one has none")
+            self.check_units(settings.units)
             self.decoder, self.decoding = build_decoder(self.vocabulary, settings), settings
             self.units = settings.units
             return None
@@ -192,7 +151,7 @@ class SpeechRecognizer:
         lengths = torch.tensor([len(w) for w in waveforms], device=self.device)
         padded = torch.nn.utils.rnn.pad_sequence(list(waveforms), batch_first=True).to(self.device)  # (B, S)
         features, frame_lengths = self.frontend(padded, lengths)  # features stay fp32 (log of small powers)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with autocast(self.precision, self.device):
             if self.units == "phones":  # the phone head's (B, T, P), for phone decoding
                 _, output_lengths, log_probs = self.model(features, frame_lengths, with_phones=True)
             else:
@@ -295,88 +254,6 @@ class SpeechRecognizer:
             results[index] = Transcription(path, text, None, emission.duration, whole, words, warnings)
 
 
-def timed_words(hypothesis: Hypothesis, seconds_per_step: float, offset: float = 0.0,
-                duration: float = math.inf) -> tuple[TimedWord, ...]:
-    """The hypothesis' words in seconds; ends are clipped to ``duration``, the file's length
-    (the last output step may reach up to one step past the last sample)."""
-    words = []
-    for w in hypothesis.words:
-        end = min(round(offset + w.end * seconds_per_step, 3), duration)
-        start = min(round(offset + w.start * seconds_per_step, 3), end)
-        words.append(TimedWord(w.word, start, end, round(w.confidence, 4)))
-    return tuple(words)
-
-
-def decode_windows(decoder: ParallelDecoder | Decoder, files: Sequence[FileEmissions]) -> list[list[Hypothesis]]:
-    """The best hypothesis of every window of every file, all windows decoded in one call."""
-    matrices = [matrix for file in files for matrix in file.matrices]
-    best = iter(nbest[0] for nbest in decoder.decode(matrices)) if isinstance(decoder, ParallelDecoder) \
-        else iter(decoder.decode_matrix(m)[0] for m in matrices)
-    return [[next(best) for _ in file.matrices] for file in files]
-
-
-def join_windows(file: FileEmissions, hypotheses: Sequence[Hypothesis], seconds_per_step: float,
-                 sample_rate: int) -> tuple[str, tuple[TimedWord, ...]]:
-    """A file's transcript and timed words from its windows' hypotheses: each window keeps
-    the words centred in its own span. The one function behind transcribe, evaluate and tune-lm."""
-    if len(file.windows) == 1:
-        return hypotheses[0].text, timed_words(hypotheses[0], seconds_per_step, 0.0, file.duration)
-    words: list[TimedWord] = []
-    for window, hypothesis in sorted(zip(file.windows, hypotheses), key=lambda item: item[0].start):
-        for word in timed_words(hypothesis, seconds_per_step, window.start / sample_rate, file.duration):
-            if window.keep_start <= (word.start + word.end) / 2 < window.keep_end:
-                words.append(word)
-    return " ".join(w.word for w in words), tuple(words)
-
-
-def smoothed_power(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mean square power of 10 ms frames, smoothed over 100 ms: (num_samples // hop,).
-
-    The pause finder of long audio (:func:`plan_windows`) and live mode (asr/inference/live.py).
-    """
-    hop = sample_rate // 100
-    frames = samples[: len(samples) // hop * hop].reshape(-1, hop)  # (frames, hop), a view
-    power = np.einsum("ij,ij->i", frames, frames) / hop  # no squared copy of an hour of audio
-    return np.convolve(power, np.ones(10) / 10, mode="same")
-
-
-def plan_windows(samples: np.ndarray, sample_rate: int, max_seconds: float = LONG_AUDIO_SECONDS,
-                 overlap: float = WINDOW_OVERLAP_SECONDS, search: float = CUT_SEARCH_SECONDS) -> list[Window]:
-    """Cut long audio into windows of at most ``max_seconds`` (overlap included), at the
-    quietest moments.
-
-    Each cut goes to the lowest-energy 100 ms within ``search`` seconds (and within the second
-    half) before the longest allowed span, so cuts fall in pauses when there are any. Windows
-    extend ``overlap`` seconds past each cut as context; words are assigned to the window
-    owning their centre.
-    """
-    total = len(samples)
-    if total <= max_seconds * sample_rate:
-        return [Window(0, total, 0.0, math.inf)]
-    if max_seconds <= 2 * overlap:
-        raise ValueError(f"windows of {max_seconds} s leave no room between overlaps of {overlap} s")
-    hop = sample_rate // 100
-    energy = smoothed_power(samples, sample_rate)
-    span = int((max_seconds - 2 * overlap) * sample_rate)  # longest own span: window = span + 2 overlaps
-    reach = int(search * sample_rate)
-    cuts = [0]
-    while total - cuts[-1] > span:
-        latest = cuts[-1] + span
-        earliest = max(cuts[-1] + span // 2, latest - reach)
-        # Frames wholly inside [earliest, latest]: a cut at a frame's start never passes latest.
-        first, last = -(-earliest // hop), latest // hop
-        candidates = energy[first:last + 1]
-        cuts.append((first + int(candidates.argmin())) * hop if len(candidates) else latest)
-    cuts.append(total)
-    margin = int(overlap * sample_rate)
-    windows = []
-    for number, (left, right) in enumerate(zip(cuts[:-1], cuts[1:])):
-        keep_start = left / sample_rate if number > 0 else 0.0
-        keep_end = right / sample_rate if right < total else math.inf
-        windows.append(Window(max(0, left - margin), min(total, right + margin), keep_start, keep_end))
-    return windows
-
-
 def _batches_by_duration(order: list[int], lengths: list[int], sample_rate: int):
     """Consecutive runs of ``order`` (indices sorted by length) of at most BATCH_SECONDS padded audio."""
     batch: list[int] = []
@@ -404,9 +281,6 @@ class DecodingFallbackWarning(UserWarning):
 def tuned_decoding(model: str | Path) -> tuple[DecodingSettings, Path | None]:
     """The settings ``asr tune-lm`` stored for a model (CKPT.decoding.yaml beside a checkpoint,
     decoding.yaml in a model folder) and their file; greedy and None when there are none."""
-    from asr.decoding.beam import load_decoding_settings
-    from asr.deploy.package import tuned_settings_file
-
     file = tuned_settings_file(model)
     return (load_decoding_settings(file), file) if file.is_file() else (DecodingSettings(), None)
 
@@ -424,11 +298,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", precision: 
     back to greedy decoding with a warning (``recognizer.decoding_problem`` says why).
     ``workers``: beam search processes.
     """
-    import warnings
-    from dataclasses import replace
-
-    from asr.deploy.package import read_model, resolve_model
-
     if precision not in INFERENCE_PRECISIONS:
         raise PrecisionError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, not {precision!r}")
     device = torch.device(device)

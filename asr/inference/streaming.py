@@ -29,16 +29,42 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from asr.config import ExperimentConfig
+from asr.data.audio import read_audio
+from asr.data.text import CharVocabulary
+from asr.decoding.hypothesis import Decoder
 from asr.errors import AsrError
+from asr.inference.results import Transcription, timed_words
 from asr.model.features import FeatureFrontend, remove_running_mean
+from asr.model.network import AcousticModel
+from asr.utils.precision import autocast
 
-if TYPE_CHECKING:
-    from asr.inference.recognizer import SpeechRecognizer, Transcription
+
+class Recognizer(Protocol):
+    """What a stream reads from its :class:`asr.inference.recognizer.SpeechRecognizer` (which
+    imports this module for ``stream()``, so this one names the parts instead of the class)."""
+
+    config: ExperimentConfig
+    vocabulary: CharVocabulary
+    frontend: FeatureFrontend
+    model: AcousticModel
+    device: torch.device
+    decoder: Decoder
+    precision: str
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def seconds_per_step(self) -> float: ...
+
+    @property
+    def streaming_problem(self) -> str | None: ...
 
 
 class StreamingError(AsrError):
@@ -110,7 +136,7 @@ class StreamResult:
 class RecognitionStream:
     """One stream through a recognizer whose model streams. Not thread-safe: one per stream."""
 
-    def __init__(self, recognizer: SpeechRecognizer, name: str = "<stream>") -> None:
+    def __init__(self, recognizer: Recognizer, name: str = "<stream>") -> None:
         config = recognizer.config.model
         if recognizer.streaming_problem:
             raise StreamingError(recognizer.streaming_problem)
@@ -164,8 +190,6 @@ class RecognitionStream:
 
     def finish(self) -> StreamResult:
         """The end of the stream: the last outputs, decoded with the recognizer's decoder."""
-        from asr.inference.recognizer import Transcription, timed_words
-
         if self._finished:
             raise StreamingError(f"{self.name}: the stream has finished (or failed): start another")
         self._finished = True  # even if what follows fails: the closing frames must not be added twice
@@ -196,7 +220,7 @@ class RecognitionStream:
     def _add_frames(self, frames: torch.Tensor, final: bool) -> None:
         self._frames = torch.cat([self._frames, frames])
         recognizer = self.recognizer
-        with torch.autocast(recognizer.device.type, dtype=torch.bfloat16, enabled=recognizer.precision == "bf16"):
+        with autocast(recognizer.precision, recognizer.device):
             steps = self._subsample(final)
             if steps is not None:
                 self._steps = steps if self._steps is None else torch.cat([self._steps, steps])
@@ -281,7 +305,7 @@ class StreamedFile:
     paced: bool  # whether the audio was fed at real-time pace (delays in wall time) or as fast as possible
 
 
-def stream_file(recognizer: SpeechRecognizer, path: str, piece_seconds: float = 0.1, pace: bool = True,
+def stream_file(recognizer: Recognizer, path: str, piece_seconds: float = 0.1, pace: bool = True,
                 on_update: Callable[[StreamUpdate], None] | None = None) -> StreamedFile:
     """Feed an audio file through a stream in pieces of ``piece_seconds``, as a microphone would.
 
@@ -291,10 +315,8 @@ def stream_file(recognizer: SpeechRecognizer, path: str, piece_seconds: float = 
     counted in audio (what had been received when the word was output, minus its end).
     ``on_update`` sees every partial result. Raises :class:`asr.data.audio.AudioError` for a bad file.
     """
-    from asr.data.audio import read_audio
-
     audio = read_audio(path, recognizer.sample_rate)
-    stream = recognizer.stream(name=str(path))
+    stream = RecognitionStream(recognizer, name=str(path))
     pieces = stream_pieces(audio.samples, recognizer.sample_rate, piece_seconds)
     began = time.perf_counter()
     fed = 0

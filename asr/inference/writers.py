@@ -8,10 +8,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # no torch for writing text
-    from asr.inference.recognizer import TimedWord, Transcription
+from asr.inference.results import TimedWord, Transcription  # no torch for writing text
 
 FORMATS = ("text", "json", "srt", "vtt")
 EXTENSIONS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}

@@ -20,7 +20,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as err:
-        raise AsrError("asr inspect draws its figures with matplotlib: pip install -e .[inspect]") from err
+        raise AsrError("asr inspect draws its figures with matplotlib: pip install 'lstm-asr[inspect]'") from err
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 

@@ -24,13 +24,14 @@ from torch import nn
 
 from asr.utils.atomic import atomic_write, json_safe
 from asr.data.audio import read_audio
-from asr.decoding.beam import GreedyDecoder, WordSpan
+from asr.decoding.greedy import GreedyDecoder
+from asr.decoding.hypothesis import WordSpan
 from asr.errors import AsrError
 from asr.model.network import AcousticModel, BidirectionalRNN
 from asr.inference.recognizer import SpeechRecognizer
 
 # Longer files make arrays (and figures) too large to read; the BiLSTM sees a window of this
-# order anyway (asr.inference.recognizer.LONG_AUDIO_SECONDS).
+# order anyway (asr.inference.windows.LONG_AUDIO_SECONDS).
 MAX_INSPECT_SECONDS = 30.0
 DIRECTIONS = ("forward", "backward")
 

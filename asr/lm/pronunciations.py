@@ -19,16 +19,18 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from asr.lm.lexicon import LanguageModelError, Lexicon, _read_text_lines, arpa_vocabulary, parse_lexicon
 from asr.data.phones import PHONE_IDS, PHONE_SYMBOLS, phonemize
 from asr.data.text import normalize_text
+from asr.lm.lexicon import LanguageModelError, Lexicon, arpa_vocabulary, parse_lexicon, read_text_lines
+from asr.lm.sphinx import find_en_us_file
+from asr.utils.atomic import atomic_write
 
 
 def words_of(path: str | Path) -> list[str]:
     """The words of an ARPA LM (its unigrams), or of a word list / lexicon (each line's first field)."""
     path = Path(path)
     try:
-        lines = _read_text_lines(path)
+        lines = read_text_lines(path)
         head = [line for _, line in zip(range(50), lines)]
         if any(line.strip() == "\\data\\" for line in head):
             return arpa_vocabulary(path)
@@ -58,8 +60,6 @@ def espeak_pronunciations(words: Iterable[str], cache: str | Path | None = None)
 
 def write_pronunciations(path: str | Path, lexicon: Lexicon) -> None:
     """One ``word<TAB>phones`` line per pronunciation, written atomically."""
-    from asr.utils.atomic import atomic_write
-
     with atomic_write(path) as out:
         for word, spellings in lexicon.spellings.items():
             for spelling in spellings:
@@ -101,8 +101,6 @@ _ALTERNATIVE = re.compile(r"\(\d+\)$")  # "read(2)": CMUdict's second pronunciat
 
 def find_cmudict() -> Path | None:
     """CMUdict as CMU Sphinx's en-us model ships it (pocketsphinx package or Debian)."""
-    from asr.lm.sphinx import find_en_us_file
-
     return find_en_us_file("cmudict-en-us.dict")
 
 
@@ -189,3 +187,34 @@ def cmudict_pronunciations(words: Iterable[str], cmudict: Lexicon, fallback: Lex
     if not spellings:
         raise LanguageModelError(f"none of the {len(skipped)} words has a pronunciation in CMUdict or espeak-ng")
     return Lexicon(spellings, tuple(skipped))
+
+
+def pronounce_words(words: list[str], source: str = "espeak", cmudict_file: str | Path | None = None,
+                    cache: str | Path | None = None) -> tuple[Lexicon, str]:
+    """Pronunciations of ``words`` (``asr lm pronounce``) and a line saying where they came from.
+
+    ``source``: espeak (espeak-ng for every word), cmudict (CMUdict, espeak-ng for the words it
+    lacks) or both (every reading of either); ``cmudict_file``: pocketsphinx's copy by default.
+    """
+    if cmudict_file and source == "espeak":
+        raise LanguageModelError("--cmudict needs --source cmudict or --source both")
+    cmudict_path = Path(cmudict_file) if cmudict_file else (find_cmudict() if source != "espeak" else None)
+    if source != "espeak" and cmudict_path is None:
+        raise LanguageModelError("CMUdict not found: pip install pocketsphinx (its cmudict-en-us.dict), or name the "
+                                 "file with --cmudict")
+    cmudict = read_cmudict(cmudict_path) if cmudict_path else None  # a bad file fails now, not after espeak-ng
+    # espeak-ng pronounces every word, or with --source cmudict only those CMUdict lacks.
+    to_espeak = [w for w in words if cmudict is None or source == "both" or normalize_text(w) not in cmudict.spellings]
+    try:
+        espeak = espeak_pronunciations(to_espeak, cache) if to_espeak else None
+    except LanguageModelError:
+        if cmudict is None:
+            raise
+        espeak = None  # none of CMUdict's missing words is pronounceable: CMUdict alone
+    if cmudict is None:
+        return espeak, "espeak-ng"
+    lexicon = cmudict_pronunciations(words, cmudict, espeak, keep_fallback=source == "both")
+    licence = "; BSD-2-clause, Carnegie Mellon University" if cmudict_path == find_cmudict() else ""
+    described = f"CMUdict ({cmudict_path}{licence})" + (
+        " and espeak-ng" if source == "both" else ", espeak-ng for the words it lacks")
+    return lexicon, described

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.utils.atomic import atomic_write
 from asr.lm.lexicon import LanguageModelError
+from asr.utils.atomic import atomic_write
 
 MAGIC = b"Trie Language Model"
 QUANTISER_BINS = 1 << 16  # sphinx quantises bigram probabilities and back-offs, and trigram probabilities, to 16 bits

@@ -8,14 +8,17 @@ model could never avoid. Bad manifest lines are reported and skipped; the rest i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from asr.data.manifest import ManifestError, Utterance, read_manifest_lines
-from asr.scoring.metrics import ErrorCounts, UtteranceScore, score_utterances
 from asr.data.text import CharVocabulary, normalize_text
-from asr.inference.recognizer import SpeechRecognizer, Transcription
+from asr.inference.recognizer import SpeechRecognizer
+from asr.inference.results import Transcription
+from asr.scoring.metrics import ErrorCounts, UtteranceScore, score_utterances
+from asr.utils.atomic import atomic_write
 
 
 @dataclass
@@ -120,3 +123,14 @@ def evaluate_manifest(recognizer: SpeechRecognizer, manifest: str | Path) -> Eva
     report = evaluate(recognizer, reading.utterances, [f"{manifest}:{n}" for n in reading.line_numbers])
     report.skipped[:0] = [str(problem) for problem in reading.problems]
     return report
+
+
+def write_utterance_scores(path: str, report: EvaluationReport) -> None:
+    """One JSON line per utterance: id, reference, hypothesis and its error counts."""
+    with atomic_write(path) as out:
+        for score in report.scores:
+            record = {"id": score.id, "reference": score.reference, "hypothesis": score.hypothesis}
+            for unit, counts in (("word", score.words), ("char", score.chars)):
+                record[unit] = {"errors": counts.errors, "length": counts.reference_length, "sub": counts.substitutions,
+                                "del": counts.deletions, "ins": counts.insertions}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -2,6 +2,7 @@
 
 The acoustic model runs once: its emissions are kept (and optionally cached on disk), then
 every (LM weight, word score) pair is a beam search over the same emissions, in parallel.
+:func:`tune_model` is the whole of ``asr tune-lm``: each output tuned, the best stored.
 """
 
 from __future__ import annotations
@@ -13,18 +14,27 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
 from asr.data.audio import AudioError, read_audio
-from asr.decoding.beam import BeamSearchDecoder, Decoder, DecodingSettings, GreedyDecoder, ParallelDecoder, build_decoder
-from asr.scoring.evaluate import normalized_references
-from asr.data.manifest import Utterance
-from asr.scoring.metrics import ErrorCounts, error_counts
+from asr.data.manifest import ManifestError, Utterance, read_manifest_lines
 from asr.data.text import CharVocabulary
-from asr.inference.recognizer import FileEmissions, SpeechRecognizer, Window, decode_windows, join_windows
+from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions
+from asr.decoding.greedy import GreedyDecoder
+from asr.decoding.hypothesis import Decoder
+from asr.decoding.parallel import ParallelDecoder
+from asr.decoding.settings import DecodingSettings, build_decoder, save_decoding_settings
+from asr.errors import AsrError
+from asr.inference.recognizer import SpeechRecognizer, load_model
+from asr.inference.windows import FileEmissions, Window, decode_windows, join_windows
+from asr.scoring.evaluate import normalized_references
+from asr.scoring.metrics import ErrorCounts, error_counts
+from asr.storage.hub import resolve_model
+from asr.storage.model_folder import store_tuned_settings, tuned_settings_target, weights_file
+from asr.utils.atomic import atomic_write
 
 
 @dataclass
@@ -57,8 +67,6 @@ def decode_texts(emissions: Emissions, decoder: Decoder | ParallelDecoder) -> li
 
 def fingerprint(checkpoint: str | Path, utterances: Sequence[Utterance], window_seconds: float | None = None,
                 units: str = "chars") -> str:
-    from asr.deploy.package import weights_file
-
     stat = os.stat(weights_file(checkpoint))  # a checkpoint file, or a model folder's weights
     digest = hashlib.sha1(f"{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     digest.update(f"windows {window_seconds}|emissions v2\n".encode())  # v2: windowed, normalised references
@@ -87,16 +95,16 @@ def compute_emissions(recognizer: SpeechRecognizer, utterances: Sequence[Utteran
     failed += [f"{utt.id}: {f}" for (utt, _, _), f in zip(kept, files) if isinstance(f, str)]
     ok = [(utt, reference, f) for (utt, reference, _), f in zip(kept, files) if isinstance(f, FileEmissions)]
     return Emissions([u.id for u, _, _ in ok], [r for _, r, _ in ok], [f for _, _, f in ok], fingerprint, failed,
-                     recognizer.seconds_per_step, recognizer.sample_rate, recognizer.units, [u.speaker for u, _, _ in ok])
+                     recognizer.seconds_per_step, recognizer.sample_rate, recognizer.units,
+                     [u.speaker for u, _, _ in ok])
 
 
 def save_emissions(path: str | Path, emissions: Emissions) -> None:
-    from asr.utils.atomic import atomic_write
-
     with atomic_write(path, "wb") as out:
         torch.save({"ids": emissions.ids, "references": emissions.references, "fingerprint": emissions.fingerprint,
                     "failed": emissions.failed, "matrices": [torch.from_numpy(m) for m in emissions.matrices],
-                    "windows": [[(w.start, w.end, w.keep_start, w.keep_end) for w in f.windows] for f in emissions.files],
+                    "windows": [[(w.start, w.end, w.keep_start, w.keep_end) for w in f.windows]
+                                for f in emissions.files],
                     "durations": [f.duration for f in emissions.files],
                     "seconds_per_step": emissions.seconds_per_step, "sample_rate": emissions.sample_rate,
                     "units": emissions.units}, out)
@@ -123,7 +131,8 @@ class TuningRow:
     word_score: float
     words: ErrorCounts  # word errors over the dev set
     chars: ErrorCounts
-    by_speaker: dict[str, tuple[ErrorCounts, ErrorCounts]] = field(default_factory=dict, compare=False)  # (words, chars)
+    # (words, chars) of each speaker
+    by_speaker: dict[str, tuple[ErrorCounts, ErrorCounts]] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -254,5 +263,156 @@ def tune_lm(
         if progress:
             progress(rows[-1])
     best = best_row(rows, metric)
-    settings = replace(base, method="beam", beam=replace(base.beam, lm_weight=best.lm_weight, word_score=best.word_score))
+    settings = replace(base, method="beam",
+                       beam=replace(base.beam, lm_weight=best.lm_weight, word_score=best.word_score))
     return TuningResult(baseline, rows, best, settings, held_out_score(rows, metric))
+
+
+# --------------------------------------------------------------------------- a model on a dev manifest
+
+
+class TuningError(AsrError):
+    """A tuning that cannot run as asked (no pronunciation lexicon for the phones)."""
+
+
+@dataclass(frozen=True)
+class TuningRequest:
+    """What :func:`tune_model` searches: the LM, the grid, and the outputs to tune."""
+
+    lm: str  # KenLM word or character LM
+    lm_weights: Sequence[float]
+    word_scores: Sequence[float]
+    beam_size: int
+    beam_threshold: float
+    lexicon: str | None = None  # the characters' lexicon or word list (None: the ARPA's words)
+    phone_lexicon: str | None = None  # the phones' pronunciation lexicon (`asr lm pronounce`)
+    units: Sequence[str] = ("chars",)  # the outputs to tune: chars, phones or both (the best is stored)
+    metric: Literal["wer", "cer"] = "wer"  # what the best pair minimises
+    workers: int = 1  # decoding processes
+    emissions_cache: str | None = None  # the characters' emissions kept here, another output's beside it
+
+    def lexicons(self) -> dict[str, str | None]:
+        """Each output to tune, once and in order, with the lexicon it decodes through: the
+        characters' ``lexicon``; the phones' ``phone_lexicon``, or ``lexicon`` when only phones are tuned."""
+        units = list(dict.fromkeys(self.units))
+        phone_lexicon = self.phone_lexicon or (self.lexicon if units == ["phones"] else None)
+        if "phones" in units and not phone_lexicon:
+            raise TuningError("--units phones needs a pronunciation lexicon (`asr lm pronounce LM OUT`): "
+                              "--phone-lexicon (or --lexicon when only phones are tuned)")
+        return {unit: phone_lexicon if unit == "phones" else self.lexicon for unit in units}
+
+    def base_settings(self, units: str, lexicon: str | None) -> DecodingSettings:
+        """The beam search whose LM weight and word score the grid varies; its files by absolute
+        path (the settings outlive the working folder)."""
+        return DecodingSettings("beam", _absolute(self.lm), _absolute(lexicon),
+                                BeamSearchOptions(beam_size=self.beam_size, beam_threshold=self.beam_threshold), units)
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+class TuningProgress(Protocol):
+    """What :func:`tune_model` reports as it goes (a subclass inherits these, which do nothing)."""
+
+    def skipped(self, problem: str) -> None:
+        """A manifest line or an utterance left out, with why."""
+
+    def units(self, units: str) -> None:
+        """The tuning of output ``units`` begins (reported only when several outputs are tuned)."""
+
+    def cached(self, path: str) -> None:
+        """The emissions were read from this cache instead of computed."""
+
+    def grid(self, utterances: int, lm_weights: Sequence[float], word_scores: Sequence[float]) -> None:
+        """The grid search begins on ``utterances`` utterances."""
+
+    def row(self, row: TuningRow) -> None:
+        """One (LM weight, word score) pair scored."""
+
+    def tuned(self, units: str, result: TuningResult) -> None:
+        """Output ``units`` tuned."""
+
+
+class _Quiet(TuningProgress):
+    """Reports nothing."""
+
+
+@dataclass
+class TuningOutcome:
+    results: dict[str, TuningResult]  # per output tuned, in the order tuned
+    chosen: str  # the output whose best settings were stored (:func:`best_tuning`)
+    stored: Path  # the settings file written
+    copied: bool  # the LM and lexicon were copied into the model's folder (stored beside a model folder)
+
+    @property
+    def compared(self) -> tuple[bool, dict[str, tuple[ErrorCounts, ErrorCounts]]]:
+        """What the choice between outputs compared (:func:`compared_scores`)."""
+        return compared_scores(self.results)
+
+
+def emissions_cache_file(cache: str, units: str) -> str:
+    """One cache per output: the characters' at ``cache``, another's beside it (NAME.phones.pt for NAME.pt)."""
+    return cache if units == "chars" else str(Path(cache).with_suffix(f".{units}{Path(cache).suffix}"))
+
+
+def dev_set_emissions(recognizer: SpeechRecognizer, model: str | Path, utterances: Sequence[Utterance], units: str,
+                      labels: Sequence[str] | None = None, cache: str | None = None,
+                      progress: TuningProgress | None = None) -> Emissions:
+    """The ``units`` output of ``recognizer`` (loaded from ``model``) on ``utterances``: from
+    ``cache`` when it holds them for this model, manifest and windowing, else computed (and
+    kept there). Their speakers are ``utterances``' own, never a cache's (held-out scoring)."""
+    recognizer.units = units  # which output the emissions come from
+    identity = fingerprint(model, utterances, recognizer.window_seconds, units)
+    path = emissions_cache_file(cache, units) if cache else None
+    emissions = load_emissions(path, identity) if path else None
+    if emissions is None:
+        emissions = compute_emissions(recognizer, utterances, identity, labels)
+        if path:
+            save_emissions(path, emissions)
+    elif progress:
+        progress.cached(path)
+    speaker_of = {u.id: u.speaker for u in utterances}
+    emissions.speakers = [speaker_of.get(i, "") for i in emissions.ids]
+    return emissions
+
+
+def tune_model(checkpoint: str | Path, manifest: str | Path, request: TuningRequest, out: str | Path | None = None,
+               device: str = "cpu", progress: TuningProgress | None = None) -> TuningOutcome:
+    """Tune ``request`` for each of its outputs on a dev manifest and store the best settings:
+    in ``out``, or where transcribe/evaluate look for the model's own (:func:`store_tuned_settings`,
+    which refuses an hf:// model: refused here before any work)."""
+    progress = progress or _Quiet()
+    if out is None:
+        tuned_settings_target(checkpoint)  # refuses hf:// before the work, not after
+    lexicons = request.lexicons()
+    reading = read_manifest_lines(manifest)
+    for problem in reading.problems:
+        progress.skipped(str(problem))
+    if not reading.utterances:
+        raise ManifestError(f"{manifest}: no utterance to tune on")
+    model = resolve_model(checkpoint)  # once: hf:// is looked up in the Hub cache (or online)
+    recognizer = load_model(model, device=device, decoding=DecodingSettings())  # emissions only
+    for units in lexicons:  # before any work: phones need a phone head
+        recognizer.check_units(units)
+    labels = [f"{manifest}:{n}" for n in reading.line_numbers]
+    results: dict[str, TuningResult] = {}
+    for units, lexicon in lexicons.items():
+        if len(lexicons) > 1:
+            progress.units(units)
+        emissions = dev_set_emissions(recognizer, model, reading.utterances, units, labels, request.emissions_cache,
+                                      progress)
+        for failure in emissions.failed:
+            progress.skipped(failure)
+        if not emissions.ids:
+            raise ManifestError(f"{manifest}: none of its utterances could be scored")
+        progress.grid(len(emissions.ids), request.lm_weights, request.word_scores)
+        results[units] = tune_lm(emissions, recognizer.vocabulary, request.base_settings(units, lexicon),
+                                 request.lm_weights, request.word_scores, request.workers, progress=progress.row,
+                                 metric=request.metric)
+        progress.tuned(units, results[units])
+    chosen = best_tuning(results, request.metric)
+    if out is not None:
+        save_decoding_settings(out, results[chosen].best)
+        return TuningOutcome(results, chosen, Path(out), copied=False)
+    return TuningOutcome(results, chosen, store_tuned_settings(model, results[chosen].best), copied=model.is_dir())

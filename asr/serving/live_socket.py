@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from asr.inference.live import LiveOptions, LiveTranscriber
-from asr.serving.app import ServerContext, Slots
+from asr.serving.context import ServerContext, Slots
 
 START_TIMEOUT_S = 30.0  # a socket that never says "start" is closed
 MAX_QUEUED_SECONDS = 30.0  # audio waiting for the decoder; more means the client sends far faster than real time
@@ -59,7 +59,7 @@ async def live_session(websocket: WebSocket, context: ServerContext, options: Li
     loop = asyncio.get_running_loop()
     try:
         first = await asyncio.wait_for(websocket.receive(), START_TIMEOUT_S)
-    except asyncio.TimeoutError as err:
+    except TimeoutError as err:
         raise LiveProtocolError(f"no start message within {START_TIMEOUT_S:g} s") from err
     if first["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(first.get("code", 1000))
@@ -138,7 +138,7 @@ def add_live_route(app: FastAPI, context: ServerContext, options: LiveOptions) -
             pass  # the client left: nothing to tell
         except LiveProtocolError as err:
             await _close_with_error(websocket, str(err), 1008)
-        except Exception as err:  # a bug or a failed recognition: tell this client, keep serving the others
+        except Exception as err:  # noqa: BLE001  (a bug or a failed recognition: tell this client, serve the others)
             await _close_with_error(websocket, f"live recognition failed: {type(err).__name__}: {err}", 1011)
         finally:
             streams.release()
@@ -148,5 +148,5 @@ async def _close_with_error(websocket: WebSocket, message: str, code: int) -> No
     try:
         await websocket.send_json({"type": "error", "message": message})
         await websocket.close(code=code)
-    except Exception:  # the socket is already gone
+    except Exception:  # noqa: BLE001, S110  (the socket is already gone)
         pass

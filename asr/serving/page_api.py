@@ -5,7 +5,7 @@ no build step). ``GET /api/info`` tells the page the limits; ``POST /api/transcr
 the timed words together with the txt/json/srt/vtt downloads rendered by asr/inference/writers.py (the
 CLI's writers, so a download equals ``asr transcribe --format X``); ``POST /api/inspect``
 returns the figures of ``asr inspect`` for one short file. Uploads go through the same
-spooling, limits and worker pool as the OpenAI-compatible endpoint (asr/serving/app.py).
+spooling, limits and worker pool as the OpenAI-compatible endpoint (asr/serving/context.py).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from asr.errors import AsrError
-from asr.inspect.gates import MAX_INSPECT_SECONDS, GatesUnavailableError, check_lstm_model
 from asr.inference.live import LiveOptions
-from asr.serving.app import ApiError, ServerContext, Upload, audio_error
 from asr.inference.writers import EXTENSIONS, json_record, render
+from asr.inspect.figures import write_figures  # loads matplotlib only when it draws
+from asr.inspect.gates import MAX_INSPECT_SECONDS, GatesUnavailableError, check_lstm_model, trace_file
+from asr.serving.context import ApiError, ServerContext, Upload, audio_error
 
 WEB_FOLDER = Path(__file__).with_name("web")
 
@@ -36,7 +37,7 @@ def inspect_unavailable(context: ServerContext) -> str | None:
     except GatesUnavailableError as err:
         return str(err)
     if importlib.util.find_spec("matplotlib") is None:
-        return "the figures need matplotlib: pip install -e .[inspect]"
+        return "the figures need matplotlib: pip install 'lstm-asr[inspect]'"
     return None
 
 
@@ -86,9 +87,6 @@ def add_page_routes(app: FastAPI, context: ServerContext, live: LiveOptions) -> 
 def _inspect(context: ServerContext, upload: Upload) -> dict | AsrError:
     """In the pool: trace the file and draw its figures (matplotlib is not thread-safe, and the
     pool's single worker keeps it to one thread). Errors about the audio are returned."""
-    from asr.inspect.gates import trace_file
-    from asr.inspect.figures import write_figures
-
     try:
         trace = trace_file(context.recognizer, upload.path)
     except AsrError as err:  # unreadable, too long

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from asr.version import __version__
-from asr.utils.atomic import atomic_write, remove_stale_temporaries
 from asr.config import ExperimentConfig, from_dict, to_dict
-from asr.errors import AsrError
 from asr.data.text import CharVocabulary
+from asr.errors import AsrError
+from asr.utils.atomic import atomic_write, remove_stale_temporaries
+from asr.version import __version__
 
 CHECKPOINT_FORMAT = "asr-checkpoint"
 CHECKPOINT_VERSION = 2  # bump when the layout or the network's parameter names change; add an upgrade step
@@ -256,6 +256,17 @@ def check_resumable(path: str | Path, saved_config: dict[str, Any], config: Expe
             f"Training there would resume it: choose a new train.out_dir for the new model, "
             f"or set these keys back to the saved values to resume that run"
         )
+
+
+def last_epoch_checkpoints(folders: list[str | Path], count: int) -> list[Path]:
+    """The last ``count`` epoch-N.pt files of one experiment folder, oldest first (``asr average --last``)."""
+    if len(folders) != 1 or not Path(folders[0]).is_dir():
+        raise CheckpointError("--last N takes one experiment folder holding epoch-N.pt files")
+    found = sorted(Path(folders[0]).glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if len(found) < count:
+        raise CheckpointError(f"{folders[0]} holds {len(found)} epoch checkpoints, fewer than {count} "
+                              "(train with train.keep_epoch_checkpoints=N)")
+    return found[-count:]
 
 
 def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:

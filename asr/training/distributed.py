@@ -29,6 +29,14 @@ class Distributed:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        """This process's place as torchrun's environment describes it (rank 0 of 1 without torchrun)."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
 
 def choose_device(name: str) -> torch.device:
     """train.device as a torch device; ConfigError for one this machine or this torch build lacks."""
@@ -51,11 +59,10 @@ def choose_device(name: str) -> torch.device:
 
 def setup_distributed(config: ExperimentConfig) -> tuple[Distributed, torch.device]:
     """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed(), choose_device(config.train.device)
-    dist_info = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    dist_info = Distributed.from_environment()
     device = choose_device(config.train.device)
+    if not dist_info.enabled:
+        return dist_info, device
     if device.type == "cuda":
         visible = torch.cuda.device_count()
         if dist_info.local_rank >= visible:  # NCCL would hang or fail obscurely: one GPU per process
@@ -82,7 +89,8 @@ def data_parallel(
         return model
     for buffer in (frontend.normalizer.mean, frontend.normalizer.std):
         torch.distributed.broadcast(buffer, src=0)
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def all_ranks_agree(flag: bool, dist_info: Distributed, device: torch.device) -> bool:
@@ -106,3 +114,15 @@ def broadcast_int(value: int, dist_info: Distributed, device: torch.device) -> i
 def rank_step_seed(seed: int, rank: int, step: int) -> int:
     """A seed for one rank's step, distinct for every (seed, rank, step)."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def barrier(dist_info: Distributed) -> None:
+    """Every rank waits here for the others (nothing to wait for in one process)."""
+    if dist_info.enabled:
+        torch.distributed.barrier()
+
+
+def cleanup_distributed(dist_info: Distributed) -> None:
+    """Leave the process group that :func:`setup_distributed` joined."""
+    if dist_info.enabled:
+        torch.distributed.destroy_process_group()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -32,9 +33,9 @@ class TensorBoard:
 
     def __init__(self, log_dir: Path) -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter  # optional dependency: asr[tensorboard]
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency: lstm-asr[tensorboard]
         except ImportError:
-            log("tensorboard is not installed (pip install 'asr[tensorboard]'): no event files written")
+            log("tensorboard is not installed (pip install 'lstm-asr[tensorboard]'): no event files written")
             self.writer = None
         else:
             self.writer = SummaryWriter(str(log_dir))

@@ -1,1 +1,1 @@
-"""TODO"""
+"""Utilities under every stage: atomic writes, the thread governor, numeric precision, downloads; imports errors only."""

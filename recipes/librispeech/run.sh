@@ -73,7 +73,7 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   # The phone CTC loss phonemises the training transcripts with espeak-ng.
   [ "$phones" = 1 ] && bash scripts/ensure_espeak.sh
   if [ "$gpus" -gt 1 ]; then
-    torchrun --standalone --nproc_per_node "$gpus" -m asr.training.loop "$conf" "${overrides[@]}" "${user_overrides[@]}"
+    torchrun --standalone --nproc_per_node "$gpus" -m asr train "$conf" "${overrides[@]}" "${user_overrides[@]}"
   else
     asr train "$conf" "${overrides[@]}" "${user_overrides[@]}"
   fi

@@ -1,0 +1,160 @@
+"""Training's data: the manifests read and filtered, the bucketed loaders, the normalisation
+statistics and the espeak-ng phone labels of the phone CTC loss."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from asr.config import ConfigError, ExperimentConfig
+from asr.data.dataset import (
+    BucketBatchSampler,
+    JoinedUtterance,
+    SpeechDataset,
+    TrainingItem,
+    collate,
+    filter_for_training,
+    frame_counts,
+    join_utterances,
+    parts_of,
+)
+from asr.data.manifest import ManifestError, Utterance, read_manifest
+from asr.data.phones import phonemize
+from asr.data.text import CharVocabulary
+from asr.model.features import FeatureFrontend, StatsAccumulator
+from asr.training.distributed import Distributed
+from asr.training.logs import log
+
+
+@dataclass
+class TrainingData:
+    """What one run trains and validates on."""
+
+    train_loader: DataLoader
+    train_sampler: BucketBatchSampler  # this rank's share of each epoch's batches
+    valid_loader: DataLoader | None  # rank 0 only, and only with data.valid_manifest
+    phone_labels: list[torch.Tensor] | None  # per training utterance, for the phone CTC loss
+
+
+def build_data(
+    config: ExperimentConfig, vocabulary: CharVocabulary, out_dir: Path, dist_info: Distributed,
+    device: torch.device, say=log,
+) -> TrainingData:
+    """The manifests read, filtered and joined, their phone labels, and the loaders over them."""
+    train_utts, valid_utts = load_utterances(config, vocabulary, say)
+    data = config.data
+    train_utts = join_utterances(train_utts, data.join_fraction, data.join_max_utterances, data.join_max_gap,
+                                 data.max_duration, config.train.seed)
+    phone_labels = training_phone_labels(train_utts, config, out_dir, dist_info, say)  # early: needs espeak-ng
+    rate = config.features.sample_rate  # as inference loads audio
+    train_set = SpeechDataset(train_utts, vocabulary, cache_audio=config.data.cache_audio, sample_rate=rate)
+    train_loader, train_sampler = make_loader(train_set, config, shuffle=True, device=device, dist_info=dist_info)
+    valid_loader = None
+    if valid_utts and dist_info.is_main:
+        valid_loader, _ = make_loader(SpeechDataset(valid_utts, vocabulary, sample_rate=rate), config, shuffle=False,
+                                      device=device)
+    joins = sum(isinstance(item, JoinedUtterance) for item in train_utts)
+    say(f"train: {len(train_utts)} utterances{f' ({joins} of them joins)' if joins else ''}, "
+        f"{sum(u.duration for u in train_utts) / 3600:.2f} h, "
+        f"{len(train_sampler)} batches/epoch on each of {dist_info.world_size} rank(s), "
+        f"padding {100 * train_sampler.padding_fraction():.1f} % of frames")
+    return TrainingData(train_loader, train_sampler, valid_loader, phone_labels)
+
+
+def load_utterances(
+    config: ExperimentConfig, vocabulary: CharVocabulary, say=log
+) -> tuple[list[Utterance], list[Utterance]]:
+    """Read both manifests and drop what CTC cannot train on, reporting every reason."""
+    factor = config.model.subsampling_factor
+    if not config.data.train_manifest:
+        raise ConfigError("data.train_manifest is not set: give the training manifest (JSONL, `asr prepare`)")
+    train_all = read_manifest(config.data.train_manifest)
+    train, report = filter_for_training(train_all, vocabulary, factor, config.data.max_duration, config.features)
+    say(f"train {config.data.train_manifest}: {report.summary()}")
+    if not train:
+        raise ManifestError(f"{config.data.train_manifest}: no usable training utterances ({report.summary()})")
+    valid: list[Utterance] = []
+    if config.data.valid_manifest:
+        # Validation keeps long utterances; it only needs transcripts the vocabulary can spell.
+        valid, report = filter_for_training(read_manifest(config.data.valid_manifest), vocabulary, factor, math.inf,
+                                            config.features)
+        say(f"valid {config.data.valid_manifest}: {report.summary()}")
+    return train, valid
+
+
+def make_loader(
+    dataset: SpeechDataset,
+    config: ExperimentConfig,
+    shuffle: bool,
+    device: torch.device,
+    dist_info: Distributed | None = None,
+) -> tuple[DataLoader, BucketBatchSampler]:
+    """Batches of about ``data.max_frames_per_batch`` frames of similar lengths (this rank's share)."""
+    dist_info = dist_info or Distributed()
+    sampler = BucketBatchSampler(
+        frame_counts(dataset.utterances, config.features),
+        config.data.max_frames_per_batch,
+        shuffle=shuffle,
+        seed=config.train.seed,
+        num_replicas=dist_info.world_size,
+        rank=dist_info.rank,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.data.num_workers > 0,
+        # A private generator keeps the global RNG untouched, which exact resume relies on.
+        generator=torch.Generator().manual_seed(config.train.seed),
+    )
+    return loader, sampler
+
+
+def estimate_normalizer(
+    frontend: FeatureFrontend, dataset: SpeechDataset, config: ExperimentConfig, device: torch.device
+) -> None:
+    """Fit the global mean/std on (a seeded subset of) the training audio, after any per-utterance mean."""
+    count = min(len(dataset), config.data.stats_utterances)
+    chosen = sorted(random.Random(config.train.seed).sample(range(len(dataset)), count))
+    stats = StatsAccumulator(config.features.n_mels)
+    for start in tqdm(range(0, count, 16), desc="normalisation stats", leave=False, disable=None):
+        batch = collate([dataset[i] for i in chosen[start : start + 16]])
+        if not batch.indices:  # every file unreadable (each one reported)
+            continue
+        features, lengths = frontend.unnormalized(batch.waveforms.to(device), batch.waveform_lengths.to(device))
+        stats.add(features, lengths)
+    if stats.count == 0:
+        reasons = [dataset.failures[i] for i in chosen if i in dataset.failures]
+        raise ManifestError(
+            f"{config.data.train_manifest}: none of the {count} training utterances read for the normalisation "
+            f"statistics could be used ({len(reasons)} unreadable); the first: " + "; ".join(reasons[:3])
+        )
+    mean, std = stats.result()
+    frontend.normalizer.mean.copy_(mean)
+    frontend.normalizer.std.copy_(std)
+
+
+def training_phone_labels(
+    utterances: Sequence[TrainingItem], config: ExperimentConfig, out_dir: Path, dist_info: Distributed, say=log
+) -> list[torch.Tensor] | None:
+    """espeak-ng phone labels for each training utterance, or None when the phone loss is off.
+    Rank 0 keeps espeak-ng's output in out_dir/phones.json for resumed runs."""
+    if config.model.phone_ctc_weight <= 0:
+        return None
+    texts = [part.text for item in utterances for part in parts_of(item)]
+    by_text = phonemize(texts, out_dir / "phones.json" if dist_info.is_main else None)
+    labels = [torch.tensor([phone for part in parts_of(item) for phone in by_text[part.text]], dtype=torch.long)
+              for item in utterances]
+    phones, chars = sum(len(l) for l in labels), sum(len(t) for t in texts)
+    say(f"phone CTC (weight {config.model.phone_ctc_weight}, layer {config.model.phone_ctc_layer}): "
+        f"{len(by_text)} transcripts phonemised with espeak-ng, {phones / max(1, chars):.2f} phones per character")
+    return labels
