@@ -6,6 +6,10 @@ that scripts/reliability*.py use it too; its names stay importable from here for
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,3 +54,27 @@ def write_arpa(path: Path, unigrams: dict[str, float], bigrams: dict[str, float]
 @pytest.fixture(autouse=True)
 def _single_thread() -> None:
     torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (servers in tests bind loopback only)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_server(process: subprocess.Popen, url: str, log_path: Path, timeout: float) -> None:
+    """Until ``url``/healthz answers 200; fails with the server's log if it exits or takes longer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"asr serve exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"asr serve did not answer /healthz within {timeout:g} s:\n{log_path.read_text()}")
+        time.sleep(0.25)

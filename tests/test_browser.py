@@ -19,8 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import jiwer
@@ -32,7 +30,7 @@ import soxr
 from asr.data.manifest import Utterance
 from asr.data.manifest import write_manifest
 from tests.conftest import tiny_config
-from tests.test_server import free_port
+from conftest import free_port, wait_for_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e .[dev])")
 
@@ -143,19 +141,7 @@ def server(phrase_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"asr serve exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"asr serve did not answer /healthz within 90 s:\n{log_path.read_text()}")
-            time.sleep(0.25)
+        wait_for_server(process, url, log_path, 90)
         yield url
     finally:
         process.terminate()

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from asr.inference.recognizer import load_model
 from asr.serving.app import create_app, exposure_warning
 from asr.serving.context import ServerOptions
-from tests.conftest import SAMPLE_RATE, tone_audio
+from conftest import SAMPLE_RATE, free_port, tone_audio
 
 
 @pytest.fixture(scope="module")
@@ -234,12 +234,6 @@ def test_cli_serve_warns_off_loopback(trained_checkpoint: Path, monkeypatch: pyt
     assert "anyone" not in capsys.readouterr().err
     assert served[1][1:] == ("127.0.0.1", 8000)
     assert TestClient(served[1][0]).get("/healthz").json()["capacity"] == 1 + 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

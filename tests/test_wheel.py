@@ -13,11 +13,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import SAMPLE_RATE, tone_audio
+from conftest import SAMPLE_RATE, free_port, tone_audio, wait_for_server
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +52,6 @@ def copy_source(destination: Path) -> Path:
             shutil.copy2(path, destination / path.name)
     shutil.copytree(ROOT / "asr", destination / "asr", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return destination
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -170,20 +162,7 @@ def test_serve_from_the_installed_wheel(installed: dict, model: Path, audio: Pat
                                     "--port", str(port)], cwd=installed["work"], env=installed["env"],
                                    stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + SERVE_START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"asr serve exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"asr serve did not answer /healthz within {SERVE_START_TIMEOUT} s:\n"
-                            f"{log_path.read_text()}")
-            time.sleep(0.25)
+        wait_for_server(process, url, log_path, SERVE_START_TIMEOUT)
 
         status, body = get(f"{url}/")
         page = body.decode()
