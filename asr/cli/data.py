@@ -13,8 +13,10 @@ DOWNLOAD_OPTIONS = ("--subsets", "--dest", "--mirror", "--lm")  # only prepare-l
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """prepare, prepare-librispeech."""
-    prepare = commands.add_parser("prepare", help="build a JSONL manifest from a LibriSpeech-layout folder")
-    prepare.add_argument("data_dir", help="folder holding */*.trans.txt beside the audio files")
+    prepare = commands.add_parser("prepare", help="build a JSONL manifest from a LibriSpeech-layout folder or a "
+                                  "Kaldi data directory")
+    prepare.add_argument("data_dir", help="folder holding */*.trans.txt beside the audio files, or a Kaldi data "
+                         "directory (text, wav.scp, utt2spk, optional segments)")
     prepare.add_argument("out", help="output manifest (JSONL); the training part when splitting")
     prepare.add_argument("--dev-out", help="also write a speaker-disjoint dev manifest here")
     prepare.add_argument("--dev-speakers", type=int, default=1, help="number of speakers to hold out (default 1)")
@@ -22,6 +24,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--seed", type=int, default=0, help="seed for choosing held-out speakers")
     prepare.add_argument("--speed-perturb", action="store_true",
                          help="write 0.9/1.0/1.1 speed copies of the training utterances (not of --dev-out)")
+    prepare.add_argument("--audio-root", help="Kaldi: the folder wav.scp's relative paths start from (default: "
+                         "the data directory, its parent, or the working folder, whichever holds the file)")
+    prepare.add_argument("--segments-dir", help="Kaldi with a segments file: where the utterances are cut to FLAC "
+                         "(default: OUT's name + .segments beside it)")
     prepare.set_defaults(func=cmd_prepare)
 
     librispeech = commands.add_parser(
@@ -58,10 +64,11 @@ def prepare_librispeech_argv(argv: list[str]) -> list[str]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from asr.data.librispeech import scan_librispeech
+    from asr.data.corpora import scan_corpus
     from asr.data.manifest import split_by_speaker, write_manifest
 
-    report = scan_librispeech(args.data_dir)
+    segments_dir = args.segments_dir or Path(args.out).with_suffix(".segments")
+    report = scan_corpus(args.data_dir, audio_root=args.audio_root, segments_dir=segments_dir)
     for label, items in (("missing audio", report.missing_audio), ("no transcript", report.missing_transcripts),
                          ("unreadable audio", report.unreadable),
                          ("a bad transcript line (skipped)", report.bad_lines)):

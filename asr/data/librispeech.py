@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from asr.data.audio import AudioError, audio_duration
-from asr.data.manifest import ManifestError, Utterance, decode_utf8_line, read_manifest, write_manifest
+from asr.data.manifest import (
+    ManifestError,
+    PrepareReport,
+    Utterance,
+    decode_utf8_line,
+    read_manifest,
+    write_manifest,
+)
 from asr.data.text import normalize_text
 from asr.utils.atomic import atomic_write
 from asr.utils.download import DownloadError, Resource, download, extract
@@ -186,15 +193,6 @@ def _combine(name: str, parts: list[Path], dest: Path) -> Path:
         for part in parts:
             out.write(part.read_text(encoding="utf-8"))
     return path
-
-
-@dataclass
-class PrepareReport:
-    utterances: list[Utterance]
-    missing_audio: list[str]  # transcript lines whose audio file does not exist
-    missing_transcripts: list[str]  # audio files that no transcript mentions
-    unreadable: list[str]  # "path: reason" for audio that exists but cannot be read
-    bad_lines: list[str] = field(default_factory=list)  # "file:line: reason" for transcript lines skipped
 
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3")

@@ -166,3 +166,14 @@ def split_by_speaker(
     train = [u for u in utterances if u.speaker not in chosen]
     dev = [u for u in utterances if u.speaker in chosen]
     return train, dev
+
+
+@dataclass
+class PrepareReport:
+    """Utterances found in a corpus folder (``asr prepare``), and what could not be used, with why."""
+
+    utterances: list[Utterance]
+    missing_audio: list[str]  # transcript lines whose audio file does not exist
+    missing_transcripts: list[str]  # audio files that no transcript mentions
+    unreadable: list[str]  # "path: reason" for audio that exists but cannot be read
+    bad_lines: list[str] = field(default_factory=list)  # "file:line: reason" for transcript lines skipped
