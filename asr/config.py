@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +59,21 @@ def check_ranges(section: str, config: Any, **rules: str) -> None:
             if element is not None and not _satisfies(element, rule):
                 where = f"in {rule}" if rule[0] in "[(" else rule
                 raise ConfigError(f"{section}.{name} must be {where}, got {value!r}")
+
+
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*")
+
+
+def check_language(tag: str, where: str) -> str:
+    """``tag`` if it is a language code or tag (es, cy, zh-CN, pt_BR), else a ConfigError naming ``where``."""
+    if not _LANGUAGE_TAG.fullmatch(tag):
+        raise ConfigError(f"{where} must be an ISO 639 language code or tag such as en, es, cy or zh-CN, got {tag!r}")
+    return tag
+
+
+def primary_language(tag: str) -> str:
+    """The primary subtag of a language tag, in lower case: "zh-CN" -> "zh", "sv_SE" -> "sv"."""
+    return tag.strip().lower().replace("_", "-").split("-")[0]
 
 
 def prime_factors(n: int) -> list[int]:
@@ -220,6 +236,16 @@ class ModelConfig:
 class DataConfig:
     train_manifest: str = ""  # JSONL manifest of training utterances
     valid_manifest: str = ""  # JSONL manifest for the per-epoch validation pass
+    # The transcripts' language, an ISO 639 code or tag (en, es, de, cy, ru, zh-CN): it picks the
+    # text normalisation (asr/data/text.py) and espeak-ng's voice and phones for the phone CTC loss.
+    language: str = "en"
+    # english: blank, space, apostrophe and a-z (LibriSpeech's). from_data: the characters of the
+    # normalised training transcripts seen at least min_token_count times (the space always).
+    # auto: english for English, from_data for every other language.
+    vocabulary: Literal["auto", "english", "from_data"] = "auto"
+    # from_data: a rarer character cannot be learnt (and is mostly a stray); the training
+    # utterances that hold it are dropped and reported, and a validation one stops the run.
+    min_token_count: int = 2
     max_frames_per_batch: int = 20_000  # padded feature frames per batch (10 ms each)
     max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
     # DataLoader worker processes decoding audio. On a GPU: 4 cut the 100h model's wait for data
@@ -238,7 +264,16 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_ranges("data", self, max_frames_per_batch=">= 1", max_duration="> 0", num_workers=">= 0",
                      stats_utterances=">= 1", join_fraction="[0, 1]", join_max_utterances=">= 2",
-                     join_max_gap=">= 0")
+                     join_max_gap=">= 0", min_token_count=">= 1")
+        check_language(self.language, "data.language")
+        if self.vocabulary == "english" and primary_language(self.language) != "en":
+            raise ConfigError(f"data.vocabulary=english spells English only (a-z and the apostrophe); "
+                              f"data.language={self.language} needs data.vocabulary=from_data (or auto)")
+
+    @property
+    def vocabulary_from_data(self) -> bool:
+        """The vocabulary is built from the training transcripts (from_data, or auto for a language other than English)."""
+        return self.vocabulary == "from_data" or (self.vocabulary == "auto" and primary_language(self.language) != "en")
 
 
 @dataclass(frozen=True)

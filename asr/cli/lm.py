@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asr.cli.options import EXIT_OK, EXIT_USAGE, float_list, output_file_problem, units_list
+from asr.config import check_language
 
 if TYPE_CHECKING:  # the CLI imports torch only for the commands that need it
+    from asr.data.text import CharVocabulary
     from asr.scoring.tune import TuningResult, TuningRow
 
 
@@ -19,7 +21,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """lm (build, english, pronounce), tune-lm."""
     lm = commands.add_parser("lm", help="language model tools").add_subparsers(dest="lm_command", required=True)
     lm_build = lm.add_parser("build", help="estimate an n-gram LM with KenLM's lmplz (scripts/build_kenlm.sh)")
-    lm_build.add_argument("text", nargs="+", help="text files (one sentence per line) or JSONL manifests")
+    lm_build.add_argument("text", nargs="+", help="text files (one sentence per line), JSONL manifests, or folders "
+                          "of plain-text books (*.txt: prose kept, headings dropped, numbers spoken)")
     lm_build.add_argument("--order", type=int, default=3, help="n-gram order, at most 6 (default 3; 6 suits a char LM)")
     lm_build.add_argument("--prune", type=int, nargs="*", help="lmplz --prune thresholds per order, e.g. 0 1 1")
     lm_build.add_argument("--unit", choices=["word", "char"], default="word",
@@ -30,7 +33,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                           "char LM: --sampled-words words drawn by count join the text")
     lm_build.add_argument("--sampled-words", type=int, default=1_000_000,
                           help="char LM with --unigram-counts: words to sample (default 1000000)")
+    lm_build.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
+                          help="leave out every book (or text line) sharing a 10-word run with these transcripts, "
+                          "so that the LM never saw a test set's sentences")
+    lm_build.add_argument("--vocab-size", type=int, help="word LM: keep only the N most frequent words (the rest "
+                          "are <unk>), e.g. 200000 for a book corpus")
+    lm_build.add_argument("--oov", nargs="+", default=[], metavar="MANIFEST",
+                          help="report the out-of-vocabulary rate of these transcripts at several vocabulary sizes")
+    lm_build.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                          help="processes reading folders of books (default: cores)")
     lm_build.add_argument("out", help="output model: .arpa, or .bin for a KenLM binary (needs --lexicon to decode)")
+    add_language_arguments(lm_build, "its data.language normalises the text and words it cannot spell are left out")
     lm_build.set_defaults(func=cmd_lm_build)
     lm_english = lm.add_parser("english", help="a general US English word trigram LM (72 k words): CMU Sphinx's "
                                "en-us model from the pocketsphinx package, written as ARPA")
@@ -47,6 +60,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                               help="espeak-ng (the training phones' source; default), CMUdict mapped to those phones "
                                    "(espeak-ng for words it lacks), or both pronunciations of every word")
     lm_pronounce.add_argument("--cmudict", help="CMUdict file (default: the copy in the pocketsphinx package)")
+    add_language_arguments(lm_pronounce, "espeak-ng speaks its data.language, in its phone head's phones")
     lm_pronounce.set_defaults(func=cmd_lm_pronounce)
 
     tune = commands.add_parser("tune-lm", help="search LM weight and word score on a dev set; store the best")
@@ -78,24 +92,63 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     tune.set_defaults(func=cmd_tune_lm)
 
 
-def cmd_lm_build(args: argparse.Namespace) -> int:
-    from asr.lm.build import build_lm, read_word_counts
+def add_language_arguments(parser: argparse.ArgumentParser, model_use: str) -> None:
+    """--model or --language: whose text rules (and phones) the command follows."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", help=f"the acoustic model (checkpoint or folder) this is for: {model_use}")
+    which.add_argument("--language", default="en",
+                       help="without --model: the language (ISO 639 code, as data.language; default en)")
 
-    counts = read_word_counts(args.unigram_counts) if args.unigram_counts else None
-    report = build_lm(args.text, args.order, args.out, prune=args.prune or (), unigram_counts=counts,
-                      unit=args.unit, sampled_words=args.sampled_words)
+
+def model_language(args: argparse.Namespace) -> tuple[str, CharVocabulary | None]:
+    """The language of --model (and its characters), or --language's (no characters)."""
+    if not args.model:
+        return check_language(args.language, "--language"), None
+    from asr.storage.model_folder import read_model  # torch: only when a model is named
+
+    saved = read_model(args.model)
+    return saved.config.data.language, saved.vocabulary
+
+
+def cmd_lm_build(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from asr.lm.books import HeldOutText
+    from asr.lm.build import build_lm, oov_rates, read_word_counts
+
+    language, vocabulary = model_language(args)
+    counts = read_word_counts(args.unigram_counts, language) if args.unigram_counts else None
+    held_out = HeldOutText.from_manifests(args.exclude, language) if args.exclude else None
+    corpus_counts: Counter[str] = Counter()
+    report = build_lm(args.text, args.order, args.out, vocabulary, prune=args.prune or (), unigram_counts=counts,
+                      unit=args.unit, sampled_words=args.sampled_words, language=language, held_out=held_out,
+                      vocab_size=args.vocab_size, workers=args.workers, counts=corpus_counts)
     unit = "character " if args.unit == "char" else ""
-    print(f"{report.path}: {unit}{args.order}-gram from {report.sentences} sentences, {report.words} words, "
-          f"{report.vocabulary} distinct")
+    books = f" of {report.books} books" if report.books else ""
+    print(f"{report.path}: {unit}{args.order}-gram from {report.sentences} sentences{books}, {report.words} words, "
+          f"{report.vocabulary} distinct" + (f", {report.kept_words} kept" if report.kept_words < report.vocabulary
+                                              else ""))
+    if held_out is not None:
+        print(f"left out {len(report.excluded)} document(s) sharing a 10-word run with {', '.join(args.exclude)}"
+              + "".join(f"\n  {name}" for name in report.excluded[:20]))
+    if args.oov:
+        sizes = sorted({s for s in (50_000, 100_000, 200_000, args.vocab_size) if s and s < report.vocabulary})
+        rates = oov_rates(corpus_counts, args.oov, [*sizes, None], language)
+        print("out-of-vocabulary rate of " + ", ".join(args.oov) + ": " + ", ".join(
+            f"{'all ' + str(report.vocabulary) if size is None else size} words {100 * rate:.2f} %"
+            for size, rate in rates.items()))
     return EXIT_OK
 
 
 def cmd_lm_pronounce(args: argparse.Namespace) -> int:
     from asr.lm.pronunciations import pronounce_words, words_of, write_pronunciations
 
-    lexicon, described = pronounce_words(words_of(args.words), args.source, args.cmudict,
-                                         cache=args.cache or f"{args.out}.espeak.json")
-    write_pronunciations(args.out, lexicon)
+    language, _ = model_language(args)
+    # espeak-ng's output differs by voice: another language's words are cached apart.
+    cache = args.cache or (f"{args.out}.espeak.json" if language == "en" else f"{args.out}.espeak-{language}.json")
+    lexicon, described = pronounce_words(words_of(args.words), args.source, args.cmudict, cache=cache,
+                                         language=language)
+    write_pronunciations(args.out, lexicon, language)
     readings = sum(len(s) for s in lexicon.spellings.values())
     print(f"{args.out}: {len(lexicon)} words, {readings} pronunciations by {described} in the phone head's phones"
           + (f"; {len(lexicon.skipped)} skipped" if lexicon.skipped else ""))

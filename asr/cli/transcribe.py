@@ -1,4 +1,5 @@
-"""``asr transcribe`` (files, or ``--stream`` as if live) and ``asr evaluate`` (WER/CER on a manifest)."""
+"""``asr transcribe`` (files or folders, or ``--stream`` as if live) and ``asr evaluate`` (WER/CER on a
+manifest, also as an HTML page)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ from asr.cli.options import (
 )
 
 if TYPE_CHECKING:  # the CLI imports torch only for the commands that need it
+    from asr.inference.batch import BatchItem, BatchProgress
     from asr.inference.recognizer import SpeechRecognizer
     from asr.inference.results import Transcription
     from asr.inference.streaming import StreamUpdate
@@ -29,15 +32,22 @@ if TYPE_CHECKING:  # the CLI imports torch only for the commands that need it
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """transcribe, evaluate."""
-    transcribe = commands.add_parser("transcribe", help="transcribe audio files")
+    transcribe = commands.add_parser("transcribe", help="transcribe audio files, or every audio file in folders")
     transcribe.add_argument("checkpoint", help=MODEL_HELP)
-    transcribe.add_argument("files", nargs="+", help="audio files (anything libsndfile reads)")
-    transcribe.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text",
-                            help="json, srt and vtt carry word start/end times (json also word confidences)")
+    transcribe.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
+                            help="audio files (anything libsndfile reads), or folders: their audio files, recursively "
+                            "(.flac .wav .ogg .opus .mp3 .aiff ...; other files are listed as skipped)")
+    transcribe.add_argument("--format", choices=["text", "json", "srt", "vtt", "tsv"], default="text",
+                            help="json, srt, vtt and tsv carry start/end times (json per word, with confidences; "
+                            "tsv per segment: start<TAB>end<TAB>text in milliseconds, as whisper writes it)")
     transcribe.add_argument("--output-dir", help="write one file per input here, under its path below the inputs' "
-                            "common folder with .txt/.json/.srt/.vtt for its extension (d1/a.flac d2/a.flac -> "
-                            "d1/a.json d2/a.json); inputs that would share a name keep their extension too "
-                            "(a.flac a.wav -> a.flac.json a.wav.json)")
+                            "common folder (a folder given: below it, DIR/a/b/c.flac -> OUT/a/b/c.txt) with "
+                            ".txt/.json/.srt/.vtt/.tsv for its extension (d1/a.flac d2/a.flac -> d1/a.json d2/a.json); "
+                            "inputs that would share a name keep their extension too (a.flac a.wav -> a.flac.json "
+                            "a.wav.json). Each output is written as soon as its group of files is done; a file whose "
+                            "output exists is skipped, so a run that was stopped resumes where it stopped")
+    transcribe.add_argument("--overwrite", action="store_true",
+                            help="with --output-dir: transcribe again the files whose output exists")
     transcribe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     transcribe.add_argument("--stream", action="store_true",
                             help="run a streaming model (latency_controlled or unidirectional) on each file as if it "
@@ -57,6 +67,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("manifest", help="JSONL manifest with reference transcripts")
     evaluate.add_argument("--report", help="also write the report to this file")
     evaluate.add_argument("--utterances", help="also write per-utterance scores here (JSONL)")
+    evaluate.add_argument("--html", metavar="REPORT.html",
+                          help="also write the report as one self-contained web page: WER/CER overall, by speaker "
+                          "and by utterance length (a plot: needs matplotlib, the inspect extra), the worst "
+                          "utterances aligned with their errors coloured, the most frequent confusions")
     evaluate.add_argument("--worst", type=int, default=10, help="worst utterances to list (default 10)")
     evaluate.add_argument("--device", default="cpu")
     add_decoding_arguments(evaluate)
@@ -64,61 +78,98 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from asr.inference.writers import json_record, output_names, render
+    from asr.inference.batch import BatchProgress, describe_skipped, plan_batch, transcribe_in_groups
+
+    several = len(args.files) > 1 or any(Path(f).is_dir() for f in args.files)
+    if args.format in ("srt", "vtt", "tsv") and several and not args.output_dir:
+        print(f"error: --format {args.format} with several files or a folder needs --output-dir", file=sys.stderr)
+        return EXIT_USAGE
+    if args.overwrite and not args.output_dir:
+        print("error: --overwrite redoes the outputs that exist in --output-dir: give --output-dir", file=sys.stderr)
+        return EXIT_USAGE
+    if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        print(f"error: --output-dir {args.output_dir} exists and is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    plan = plan_batch(args.files, args.format, args.output_dir, args.overwrite)
+    try:  # checked before any transcription: a late failure would lose every result
+        for folder in sorted({item.output.parent for item in plan.pending if item.output is not None}):
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot create the output folder: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    skipped = describe_skipped(plan.found)
+    if skipped:
+        print(f"warning: {skipped}", file=sys.stderr)
+    for problem in plan.found.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if plan.done:
+        print(f"{len(plan.done)} of {len(plan.found.files)} files already have their output in {args.output_dir}: "
+              f"skipped (--overwrite to transcribe them again)", file=sys.stderr)
+    if not plan.pending:
+        return EXIT_FAILURES if plan.found.problems else EXIT_OK
+    recognizer = load_recognizer(args)
+    if args.stream and recognizer.streaming_problem:
+        print(f"error: {args.checkpoint}: --stream: {recognizer.streaming_problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if several:
+        print(f"transcribing {len(plan.pending)} files, {plan.seconds / 3600:.2f} h of audio", file=sys.stderr)
+    started = time.monotonic()
+    failed: list[str] = []
+    with BatchProgress(plan.pending, enabled=several and not args.stream) as progress:
+        if args.stream:  # paced streaming takes real time: each file's output at once
+            results = ((item, *stream_to_terminal(recognizer, item.audio, args)) for item in plan.pending)
+        else:
+            results = ((item, result, None) for item, result in transcribe_in_groups(recognizer, plan.pending))
+        for item, result, delays in results:
+            problem = output_result(args, progress, several, item, result, delays)
+            if problem:
+                failed.append(problem)
+            progress.advance(item)
+    if several:
+        report_batch(len(plan.pending), plan.seconds, time.monotonic() - started, failed, plan.found.problems)
+    return EXIT_FAILURES if failed or plan.found.problems else EXIT_OK
+
+
+def output_result(args: argparse.Namespace, progress: BatchProgress, several: bool, item: BatchItem,
+                  result: Transcription, delays: tuple[float, ...] | None = None) -> str | None:
+    """Write or print one file's result as soon as it is done; why it failed, or None."""
+    from asr.inference.writers import json_record, render
     from asr.utils.atomic import atomic_write
 
-    if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:
-        print(f"error: --format {args.format} with several files needs --output-dir", file=sys.stderr)
-        return EXIT_USAGE
-    targets: list[Path] = []
-    if args.output_dir:  # checked before any transcription: a late failure would lose every result
-        out_dir = Path(args.output_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            print(f"error: --output-dir {out_dir} exists and is not a folder", file=sys.stderr)
-            return EXIT_USAGE
-        targets = [out_dir / name for name in output_names(args.files, args.format)]
+    for warning in result.warnings:
+        progress.write(f"warning: {result.path}: {warning}")
+    if not result.ok:
+        progress.write(f"error: {result.path}: {result.error}")
+        if args.format == "json":
+            progress.write(json.dumps(json_record(result), ensure_ascii=False), file=sys.stdout)
+        return f"{result.path}: {result.error}"
+    if item.output is not None:
         try:
-            for folder in sorted({t.parent for t in targets}):
-                folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            print(f"error: cannot create the output folder: {err}", file=sys.stderr)
-            return EXIT_USAGE
-    recognizer = load_recognizer(args)
-
-    def output(index: int, result: Transcription, delays: tuple[float, ...] | None = None) -> bool:
-        """Write or print one file's result as soon as it is done; whether it failed."""
-        for warning in result.warnings:
-            print(f"warning: {result.path}: {warning}", file=sys.stderr)
-        if not result.ok:
-            print(f"error: {result.path}: {result.error}", file=sys.stderr)
-            if args.format == "json":
-                print(json.dumps(json_record(result), ensure_ascii=False))
-            return True
-        if targets:
-            try:
-                with atomic_write(targets[index]) as out:
-                    out.write(render(result, args.format, delays))
-            except OSError as err:  # e.g. disk full: report, keep the other results
-                print(f"error: {result.path}: cannot write {targets[index]}: {err}", file=sys.stderr)
-                return True
-        elif args.format == "text" and len(args.files) > 1:
-            print(f"{result.path}\t{result.text}")
-        else:
-            print(render(result, args.format, delays), end="")
-        sys.stdout.flush()
-        return False
-
-    failures = 0
-    if args.stream:
-        if recognizer.streaming_problem:
-            print(f"error: {args.checkpoint}: --stream: {recognizer.streaming_problem}", file=sys.stderr)
-            return EXIT_USAGE
-        for index, path in enumerate(args.files):  # paced streaming takes real time: each file's output at once
-            failures += output(index, *stream_to_terminal(recognizer, path, args))
+            with atomic_write(item.output) as out:
+                out.write(render(result, args.format, delays))
+        except OSError as err:  # e.g. disk full: report, keep the other results
+            progress.write(f"error: {result.path}: cannot write {item.output}: {err}")
+            return f"{result.path}: cannot write {item.output}: {err}"
+    elif args.format == "text" and several:
+        progress.write(f"{result.path}\t{result.text}", file=sys.stdout)
     else:
-        for index, result in enumerate(recognizer.transcribe(args.files)):
-            failures += output(index, result)
-    return EXIT_FAILURES if failures else EXIT_OK
+        progress.write(render(result, args.format, delays), file=sys.stdout, end="")
+    sys.stdout.flush()
+    return None
+
+
+def report_batch(files: int, seconds: float, elapsed: float, failed: list[str], problems: list[str],
+                 shown: int = 20) -> None:
+    """The closing lines of a batch on stderr: what was done, and every failure again (the
+    lines reported as they happened have scrolled away by now)."""
+    print(f"transcribed {files - len(failed)} of {files} files ({seconds / 3600:.2f} h of audio) in {elapsed:.0f} s"
+          + (f"; {len(failed)} failed" if failed else "") + (f"; {len(problems)} folders unusable" if problems else "")
+          + (":" if failed or problems else ""),
+          file=sys.stderr)
+    for problem in (failed + problems)[:shown]:
+        print(f"  {problem}", file=sys.stderr)
+    if len(failed + problems) > shown:
+        print(f"  ... and {len(failed + problems) - shown} more (each reported above)", file=sys.stderr)
 
 
 def stream_to_terminal(recognizer: SpeechRecognizer, path: str,
@@ -165,13 +216,16 @@ def stream_to_terminal(recognizer: SpeechRecognizer, path: str,
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from asr.scoring.evaluate import evaluate_manifest, write_utterance_scores
+    from asr.scoring.html_report import figures_problem, write_html_report
     from asr.utils.atomic import atomic_write
 
-    for option, path in (("--report", args.report), ("--utterances", args.utterances)):
+    for option, path in (("--report", args.report), ("--utterances", args.utterances), ("--html", args.html)):
         problem = path and output_file_problem(option, path)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_USAGE
+    if args.html and figures_problem():  # said before the evaluation, which may take long
+        print(f"warning: --html: {figures_problem()}; the report is written without it", file=sys.stderr)
     recognizer = load_recognizer(args)
     report = evaluate_manifest(recognizer, args.manifest)
     for problem in report.skipped:
@@ -196,4 +250,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except OSError as err:
             unwritten += 1
             print(f"error: cannot write per-utterance scores to {args.utterances}: {err}", file=sys.stderr)
+    if args.html:
+        try:
+            write_html_report(args.html, report, text.splitlines()[0], worst=args.worst)
+            print(f"HTML report written to {args.html}", file=sys.stderr)
+        except OSError as err:
+            unwritten += 1
+            print(f"error: cannot write the HTML report to {args.html}: {err}", file=sys.stderr)
     return EXIT_OK if report.complete and not unwritten else EXIT_FAILURES

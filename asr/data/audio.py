@@ -31,6 +31,11 @@ class AudioWarning(UserWarning):
 # Stereo whose channel mean is this much quieter than its loudest channel (power ratio,
 # -20 dB) has channels that cancel each other, e.g. one wired in anti-phase.
 CANCELLATION_RATIO = 0.01
+# The containers libsndfile reads (soundfile.available_formats()), by the extensions such files
+# carry, the commonest first (a corpus folder's utterance is the first of these that exists);
+# RAW is left out: headerless samples need their format given, which a folder cannot say.
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".oga", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf",
+                    ".w64", ".rf64", ".sph")
 AUDIBLE_POWER = 1e-6  # mean square of -60 dBFS: below this a file counts as silent anyway
 # libsndfile notes a WAV/AIFF chunk that is longer than the file as "data : 64000 (should be 31978)".
 _TRUNCATED_CHUNK = re.compile(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)

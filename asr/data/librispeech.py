@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from asr.data.audio import AudioError, audio_duration
+from asr.data.audio import AUDIO_EXTENSIONS, AudioError, audio_duration
 from asr.data.manifest import (
     ManifestError,
     PrepareReport,
@@ -193,9 +193,6 @@ def _combine(name: str, parts: list[Path], dest: Path) -> Path:
         for part in parts:
             out.write(part.read_text(encoding="utf-8"))
     return path
-
-
-AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3")
 
 
 def scan_librispeech(root: str | Path) -> PrepareReport:

@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 from flashlight.lib.text.decoder import Trie
 
-from asr.data.phones import NUM_PHONE_LABELS, PHONE_SYMBOLS
+from asr.data.phones import ENGLISH_PHONES, PhoneInventory
 from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions
 from asr.decoding.hypothesis import Hypothesis, hypothesis_from_path
 from asr.lm.lexicon import Lexicon
 
-SILENCE = NUM_PHONE_LABELS  # the extra emission column flashlight's silence label points at
 NEVER = -1e30  # its log-probability: finite, so that merged scores never become NaN
 MAX_WORDS_PER_PRONUNCIATION = 6  # flashlight's trie keeps at most this many words on one node (kTrieMaxLabel)
 
@@ -39,7 +38,9 @@ class PhoneLabels:
     a vocabulary: blank 0, the phones, and the silence column as its "space"."""
 
     blank_id = 0
-    tokens = ("", *PHONE_SYMBOLS, " ")
+
+    def __init__(self, phones: PhoneInventory = ENGLISH_PHONES) -> None:
+        self.tokens = ("", *phones.symbols, " ")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -49,15 +50,17 @@ class PhoneLabels:
 
 
 class PhoneLexiconDecoder(BeamSearchDecoder):
-    """Beam search over phone posteriors (T, NUM_PHONE_LABELS): words from ``lexicon`` (phone
+    """Beam search over phone posteriors (T, len(phones)): words from ``lexicon`` (phone
     spellings, :func:`asr.lm.pronunciations.read_pronunciations`), scored by the KenLM word LM
     ``lm`` (None: the lexicon alone). The call signature and outputs are the character
-    decoder's: text, word spans in output steps, confidences (mean phone posterior)."""
+    decoder's: text, word spans in output steps, confidences (mean phone posterior). ``phones``:
+    the model's phone labels (:func:`asr.data.phones.phone_inventory` of its language)."""
 
     def __init__(self, lexicon: Lexicon, options: BeamSearchOptions = BeamSearchOptions(),
-                 lm: str | Path | None = None) -> None:
+                 lm: str | Path | None = None, phones: PhoneInventory = ENGLISH_PHONES) -> None:
         self.dropped_homophones: list[str] = []  # words beyond MAX_WORDS_PER_PRONUNCIATION on one pronunciation
-        super().__init__(PhoneLabels(), options, lm=lm, lexicon=lexicon)  # type: ignore[arg-type]
+        self.num_labels = len(phones)  # the head's outputs; the silence column is the one after them
+        super().__init__(PhoneLabels(phones), options, lm=lm, lexicon=lexicon)  # type: ignore[arg-type]
 
     def _trie(self, words: list[str], unigrams: dict[int, float]) -> Trie:
         """Phone spellings without a word-end label; homophones share a trie node, which holds a
@@ -66,7 +69,7 @@ class PhoneLexiconDecoder(BeamSearchDecoder):
         for index in sorted(unigrams, key=lambda i: -unigrams[i]):
             for spelling in self.lexicon.spellings[words[index]]:
                 by_spelling.setdefault(spelling, []).append(index)
-        trie = Trie(NUM_PHONE_LABELS + 1, SILENCE)
+        trie = Trie(self.num_labels + 1, self.num_labels)
         for spelling, indices in by_spelling.items():
             for index in indices[:MAX_WORDS_PER_PRONUNCIATION]:
                 trie.insert(list(spelling), index, unigrams[index])  # smeared over the prefixes: look-ahead only
@@ -80,13 +83,13 @@ class PhoneLexiconDecoder(BeamSearchDecoder):
 
     def _lexicon_search(self) -> tuple[int, int, float, float]:
         """Phones plus the silence column; no word outside the lexicon, no score for the silence step."""
-        return NUM_PHONE_LABELS + 1, SILENCE, -math.inf, 0.0
+        return self.num_labels + 1, self.num_labels, -math.inf, 0.0
 
     def decode_matrix(self, log_probs: np.ndarray) -> list[Hypothesis]:
-        """n-best hypotheses (best first) for one utterance's (T, NUM_PHONE_LABELS) phone log-probs."""
+        """n-best hypotheses (best first) for one utterance's (T, phone labels) phone log-probs."""
         steps, labels = log_probs.shape
-        if labels != NUM_PHONE_LABELS:
-            raise ValueError(f"phone decoding reads {NUM_PHONE_LABELS} phone labels per step, not {labels}")
+        if labels != self.num_labels:
+            raise ValueError(f"phone decoding reads {self.num_labels} phone labels per step, not {labels}")
         if steps == 0:
             return [Hypothesis("", [], [], 0.0)]
         decoder, words = self._build()

@@ -9,6 +9,7 @@ from typing import Literal
 import yaml
 
 from asr.config import ConfigError, from_dict, to_dict
+from asr.data.phones import phone_inventory
 from asr.data.text import CharVocabulary
 from asr.decoding.beam import BeamSearchDecoder, BeamSearchOptions
 from asr.decoding.greedy import GreedyDecoder
@@ -80,14 +81,17 @@ def load_decoding_settings(path: str | Path) -> DecodingSettings:
     return replace(settings, **beside)
 
 
-def build_decoder(vocabulary: CharVocabulary, settings: DecodingSettings) -> Decoder:
-    """The decoder ``settings`` describe; raises LanguageModelError for unusable LM/lexicon files."""
+def build_decoder(vocabulary: CharVocabulary, settings: DecodingSettings, language: str = "en") -> Decoder:
+    """The decoder ``settings`` describe for a model of ``language`` (its data.language: the
+    phone head's labels); raises LanguageModelError for unusable LM/lexicon files."""
     if settings.units == "phones":
         if settings.method != "beam" or not settings.lexicon:
             raise LanguageModelError("phone decoding is a beam search through a pronunciation lexicon: give --lexicon "
                                      "(`asr lm pronounce` writes one for an LM's words)")
-        return PhoneLexiconDecoder(read_pronunciations(settings.lexicon), settings.beam, lm=settings.lm)
+        phones = phone_inventory(language)
+        return PhoneLexiconDecoder(read_pronunciations(settings.lexicon, language), settings.beam, lm=settings.lm,
+                                   phones=phones)
     if settings.method == "greedy":
         return GreedyDecoder(vocabulary)
-    lexicon = read_lexicon(settings.lexicon, vocabulary) if settings.lexicon else None
+    lexicon = read_lexicon(settings.lexicon, vocabulary, language) if settings.lexicon else None
     return BeamSearchDecoder(vocabulary, settings.beam, lm=settings.lm, lexicon=lexicon)

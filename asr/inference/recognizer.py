@@ -18,6 +18,7 @@ import torch
 
 from asr.config import ExperimentConfig
 from asr.data.audio import AudioError, read_audio
+from asr.data.phones import phone_inventory
 from asr.data.text import CharVocabulary
 from asr.decoding.beam import BeamSearchDecoder
 from asr.decoding.greedy import GreedyDecoder
@@ -138,7 +139,7 @@ class SpeechRecognizer:
         self.workers = workers
         try:
             self.check_units(settings.units)
-            self.decoder, self.decoding = build_decoder(self.vocabulary, settings), settings
+            self.decoder, self.decoding = build_decoder(self.vocabulary, settings, self.config.data.language), settings
             self.units = settings.units
             return None
         except LanguageModelError as err:
@@ -317,7 +318,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", precision: 
         frontend = FeatureFrontend(config.features)
         frontend.normalizer.mean.copy_(saved.normalizer_mean)
         frontend.normalizer.std.copy_(saved.normalizer_std)
-        model = AcousticModel(config.model, config.features.n_mels, len(saved.vocabulary))
+        model = AcousticModel(config.model, config.features.n_mels, len(saved.vocabulary),
+                              len(phone_inventory(config.data.language)))
         model.load_state_dict(saved.model_state)
     except (ValueError, KeyError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{path}: checkpoint does not match this version of asr ({err})") from err

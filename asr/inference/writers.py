@@ -1,5 +1,5 @@
-"""Transcription outputs: plain text, JSON lines, SRT and WebVTT subtitles, and the file
-names they are written under (shared by ``asr transcribe`` and anything serving results)."""
+"""Transcription outputs: plain text, JSON lines, SRT and WebVTT subtitles, TSV segments, and
+the file names they are written under (shared by ``asr transcribe`` and anything serving results)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from pathlib import Path
 
 from asr.inference.results import TimedWord, Transcription  # no torch for writing text
 
-FORMATS = ("text", "json", "srt", "vtt")
+FORMATS = ("text", "json", "srt", "vtt", "tsv")
+# The formats the page of `asr serve` offers as downloads (asr/serving/page_api.py iterates them).
 EXTENSIONS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
+# Every format's file extension; tsv (segments for spreadsheets and scripts) is written as files only.
+FILE_EXTENSIONS = {**EXTENSIONS, "tsv": ".tsv"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,13 @@ def format_vtt(cues: Sequence[Cue]) -> str:
     return "\n".join(["WEBVTT\n", *blocks])
 
 
+def format_tsv(cues: Sequence[Cue]) -> str:
+    """whisper's tsv: a ``start<TAB>end<TAB>text`` header, then one cue per line, times in
+    whole milliseconds (integers sort and subtract without float noise in any spreadsheet)."""
+    rows = [f"{round(c.start * 1000)}\t{round(c.end * 1000)}\t{c.text}" for c in cues]
+    return "\n".join(["start\tend\ttext", *rows]) + "\n"
+
+
 def word_record(word: TimedWord) -> dict:
     """One timed word as JSON: the shape of every output that lists words (files, API, live)."""
     return {"word": word.word, "start": word.start, "end": word.end, "confidence": word.confidence}
@@ -81,9 +91,9 @@ def render(result: Transcription, fmt: str, delays: Sequence[float] | None = Non
     :func:`json_record` (json only)."""
     if fmt == "json":
         output = json.dumps(json_record(result, delays), ensure_ascii=False)
-    elif fmt in ("srt", "vtt"):
+    elif fmt in ("srt", "vtt", "tsv"):
         cues = subtitle_cues(result.words)
-        output = format_srt(cues) if fmt == "srt" else format_vtt(cues)
+        output = {"srt": format_srt, "vtt": format_vtt, "tsv": format_tsv}[fmt](cues)
     elif fmt == "text":
         output = result.text
     else:
@@ -91,17 +101,20 @@ def render(result: Transcription, fmt: str, delays: Sequence[float] | None = Non
     return output if output.endswith("\n") else output + "\n"
 
 
-def output_names(inputs: Sequence[str | Path], fmt: str) -> list[Path]:
+def output_names(inputs: Sequence[str | Path], fmt: str, root: str | Path | None = None) -> list[Path]:
     """Relative output paths, one per input, never two alike.
 
-    Each input keeps its path below the inputs' deepest common folder, with the format's
-    extension instead of its own: ``d1/a.flac d2/a.flac`` -> ``d1/a.json d2/a.json``,
+    Each input keeps its path below ``root`` (default: the inputs' deepest common folder), with
+    the format's extension instead of its own: ``d1/a.flac d2/a.flac`` -> ``d1/a.json d2/a.json``,
     ``a.flac`` alone -> ``a.json``. Inputs that would still share a name (``a.flac a.wav``)
     keep their own extension too (``a.flac.json``); the same file given twice gets ``-2``.
     """
-    extension = EXTENSIONS[fmt]
+    extension = FILE_EXTENSIONS[fmt]
     resolved = [Path(os.path.abspath(p)) for p in inputs]  # abspath: a symlink keeps its own name
-    root = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path()
+    if root is not None:
+        root = Path(os.path.abspath(root))
+    else:
+        root = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path()
     relative = [p.relative_to(root) for p in resolved]
     names = [r.with_suffix(extension) for r in relative]
     clashing = {n for n in names if names.count(n) > 1}

@@ -10,12 +10,15 @@ import random
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from asr.data.text import CharVocabulary, normalize_text
+from asr.data.text import ENGLISH, CharVocabulary, normalize_text
+from asr.data.manifest import read_manifest
+from asr.lm.books import BookStats, HeldOutText, book_corpus
 from asr.lm.lexicon import LanguageModelError, char_lm_sentence, read_text_lines
 from asr.utils.atomic import atomic_path, atomic_write
 
@@ -56,25 +59,64 @@ def find_kenlm_tool(name: str) -> Path:
                              "build it once with: bash scripts/build_kenlm.sh")
 
 
-def corpus_sentences(sources: Sequence[str | Path], vocabulary: CharVocabulary) -> Iterator[str]:
-    """Normalised sentences from text files (one sentence per line) or JSONL manifests.
+@dataclass
+class CorpusTally:
+    """What :func:`corpus_sentences` left out, filled in as it goes."""
+
+    excluded: list[str] = field(default_factory=list)  # documents dropped for a held-out word run
+    books: list[BookStats] = field(default_factory=list)  # one per folder of books read
+
+
+def corpus_sentences(sources: Sequence[str | Path], vocabulary: CharVocabulary | None,
+                     language: str = ENGLISH, held_out: HeldOutText | None = None, workers: int = 1,
+                     tally: CorpusTally | None = None) -> Iterator[str]:
+    """Sentences from text files (one sentence per line), JSONL manifests or folders of books
+    (:mod:`asr.lm.books`), normalised by ``language``'s rules (the acoustic model's data.language).
 
     Words the acoustic model cannot spell are dropped from their sentence, so the LM holds no
-    word the decoder could never produce.
+    word the decoder could never produce (``vocabulary`` None: no model to ask, all are kept).
+    ``held_out``: a book holding one of its word runs is left out whole, as is a line of a
+    text file or manifest (each line there is a document of its own).
     """
+    tally = tally if tally is not None else CorpusTally()
     for source in sources:
         path = Path(source)
-        try:
-            for line in read_text_lines(path):
-                if path.suffix == ".jsonl":
-                    if not line.strip():
-                        continue
-                    line = json.loads(line)["text"]
-                words = [w for w in normalize_text(line).split() if not vocabulary.unknown_characters(w)]
-                if words:
-                    yield " ".join(words)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError) as err:
-            raise LanguageModelError(f"{path}: cannot read LM training text ({err})") from err
+        lines = book_corpus(path, language, held_out, workers, tally.books) if path.is_dir() else \
+            _text_lines(path, language, held_out, tally)
+        for line in lines:
+            words = [w for w in line.split() if vocabulary is None or not vocabulary.unknown_characters(w)]
+            if words:
+                yield " ".join(words)
+        for stats in tally.books[-1:] if path.is_dir() else ():
+            tally.excluded.extend(stats.excluded)
+
+
+def _text_lines(path: Path, language: str, held_out: HeldOutText | None, tally: CorpusTally) -> Iterator[str]:
+    try:
+        for number, line in enumerate(read_text_lines(path), start=1):
+            if path.suffix == ".jsonl":
+                if not line.strip():
+                    continue
+                line = json.loads(line)["text"]
+            normalised = normalize_text(line, language)
+            if held_out is not None and held_out.found_in([normalised]):
+                tally.excluded.append(f"{path}:{number}")
+                continue
+            yield normalised
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError) as err:
+        raise LanguageModelError(f"{path}: cannot read LM training text ({err})") from err
+
+
+def oov_rates(counts: Counter[str], manifests: Sequence[str | Path], sizes: Sequence[int | None],
+              language: str = ENGLISH) -> dict[int | None, float]:
+    """Share of the running words of ``manifests``' transcripts outside the ``size`` most
+    frequent words of ``counts`` (None: all of them), per size."""
+    words = [w for m in manifests for u in read_manifest(m) for w in normalize_text(u.text, language).split()]
+    if not words:
+        raise LanguageModelError(f"no words in {', '.join(map(str, manifests))} to measure out-of-vocabulary words on")
+    ranked = [w for w, _ in counts.most_common()]
+    return {size: sum(w not in kept for w in words) / len(words)
+            for size in sizes for kept in [set(ranked[:size] if size else ranked)]}
 
 
 @dataclass(frozen=True)
@@ -83,6 +125,9 @@ class LmBuildReport:
     sentences: int  # normalised sentences given to lmplz (text and, for a char LM, sampled words)
     words: int  # running words in them
     vocabulary: int  # distinct words
+    kept_words: int = 0  # the words the LM may use: all distinct words, or the --vocab-size most frequent
+    excluded: tuple[str, ...] = ()  # documents (books, lines) left out for holding a held-out word run
+    books: int = 0  # books read from folders
 
 
 def build_lm(
@@ -95,6 +140,11 @@ def build_lm(
     unigram_counts: dict[str, float] | None = None,
     unit: Literal["word", "char"] = "word",
     sampled_words: int = 1_000_000,
+    language: str = ENGLISH,
+    held_out: HeldOutText | None = None,
+    vocab_size: int | None = None,
+    workers: int = 1,
+    counts: Counter[str] | None = None,
 ) -> LmBuildReport:
     """Estimate a modified Kneser-Ney n-gram model with KenLM's lmplz.
 
@@ -104,32 +154,35 @@ def build_lm(
     ``unigram_counts``: for a word LM, words unseen in the text get probabilities from these
     counts (:func:`add_unigrams`); for a character LM (``unit="char"``), ``sampled_words``
     words drawn by count are added to the text (:func:`sample_unigram_sentences`).
+    ``language``: the text's normalisation rules (the model's data.language); ``vocabulary``
+    (the model's characters) defaults to English's for English and to none (every word kept)
+    for another language. ``held_out``: documents holding its word runs are left out
+    (:func:`corpus_sentences`). ``vocab_size``: a word LM keeps only the most frequent words
+    (lmplz ``--limit_vocab_file``; the rest are <unk>). ``counts`` (a Counter) receives the
+    corpus' word counts, e.g. for :func:`oov_rates`. Folders of books are read in ``workers``
+    processes.
     """
     if not 1 <= order <= MAX_LM_ORDER:
         raise LanguageModelError(f"LM order {order}: flashlight-text's KenLM reads orders 1 to {MAX_LM_ORDER}")
     if unit == "char" and out_is_binary(out):
         raise LanguageModelError(f"{out}: write a character LM as ARPA; the decoder recognises it by its vocabulary")
-    vocabulary = vocabulary or CharVocabulary.english()
+    if vocabulary is None and language == ENGLISH:
+        vocabulary = CharVocabulary.english()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lmplz = find_kenlm_tool("lmplz")
     build_binary = find_kenlm_tool("build_binary") if out_is_binary(out) else None
-    spellable = {w: c for w, c in (unigram_counts or {}).items() if c > 0 and not vocabulary.unknown_characters(w)}
-    sentences_in = corpus_sentences(sources, vocabulary)
+    spellable = {w: c for w, c in (unigram_counts or {}).items()
+                 if c > 0 and (vocabulary is None or not vocabulary.unknown_characters(w))}
+    tally = CorpusTally()
+    sentences_in = corpus_sentences(sources, vocabulary, language, held_out, workers, tally)
     if unit == "char" and spellable:
         sentences_in = itertools.chain(sentences_in, sample_unigram_sentences(spellable, sampled_words))
     # Named like asr.utils.atomic's temporaries, so that a killed build's leftovers are recognised.
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
         corpus = Path(tmp) / "corpus.txt"
-        sentences = words = 0
-        distinct: set[str] = set()
-        with open(corpus, "w", encoding="utf-8") as stream:
-            for sentence in sentences_in:
-                stream.write((char_lm_sentence(sentence) if unit == "char" else sentence) + "\n")
-                tokens = sentence.split()
-                sentences += 1
-                words += len(tokens)
-                distinct.update(tokens)
+        counts = counts if counts is not None else Counter()
+        sentences = _write_corpus(sentences_in, corpus, unit, counts)
         if not sentences:
             raise LanguageModelError(f"no usable text in {', '.join(map(str, sources))}")
         arpa = Path(tmp) / "model.arpa"
@@ -138,6 +191,12 @@ def build_lm(
         command = [str(lmplz), "-o", str(order), "-S", memory, "-T", tmp, "--discount_fallback"]
         if prune:
             command += ["--prune", *map(str, prune)]
+        kept_words = len(counts)
+        if vocab_size and unit == "word" and vocab_size < len(counts):
+            limit = Path(tmp) / "vocabulary.txt"
+            limit.write_text("\n".join(w for w, _ in counts.most_common(vocab_size)) + "\n", encoding="utf-8")
+            command += ["--limit_vocab_file", str(limit)]
+            kept_words = vocab_size
         _run_tool(command, stdin=corpus, stdout=arpa)
         if unit == "word" and spellable:
             add_unigrams(arpa, spellable)
@@ -146,7 +205,19 @@ def build_lm(
                 _run_tool([str(build_binary), str(arpa), str(result)])
             else:
                 os.replace(arpa, result)
-    return LmBuildReport(out, sentences, words, len(distinct))
+    return LmBuildReport(out, sentences, sum(counts.values()), len(counts), kept_words, tuple(tally.excluded),
+                         sum(s.books for s in tally.books))
+
+
+def _write_corpus(sentences: Iterator[str], corpus: Path, unit: str, counts: Counter[str]) -> int:
+    """lmplz's input, a sentence a line (a character LM's spelled out); counts its words; returns the sentences."""
+    written = 0
+    with open(corpus, "w", encoding="utf-8") as stream:
+        for sentence in sentences:
+            stream.write((char_lm_sentence(sentence) if unit == "char" else sentence) + "\n")
+            counts.update(sentence.split())
+            written += 1
+    return written
 
 
 def out_is_binary(path: str | Path) -> bool:
@@ -193,14 +264,14 @@ def add_unigrams(arpa: str | Path, counts: dict[str, float], unk_share: float = 
     return len(added)
 
 
-def read_word_counts(path: str | Path) -> dict[str, float]:
-    """``word count`` per line (e.g. from scripts/make_wordlist.py), words normalised."""
+def read_word_counts(path: str | Path, language: str = ENGLISH) -> dict[str, float]:
+    """``word count`` per line (e.g. from scripts/make_wordlist.py), words normalised by ``language``'s rules."""
     counts: dict[str, float] = {}
     try:
         for line in read_text_lines(Path(path)):
             fields = line.split()
             if len(fields) >= 2:
-                word = normalize_text(fields[0])
+                word = normalize_text(fields[0], language)
                 if word and " " not in word:
                     counts[word] = counts.get(word, 0.0) + float(fields[1])
     except (OSError, UnicodeDecodeError, ValueError) as err:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asr.data.text import CharVocabulary, normalize_text
+from asr.data.text import ENGLISH, CharVocabulary, normalize_text
 from asr.errors import AsrError
 
 ARPA_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
@@ -45,8 +45,9 @@ class Lexicon:
         return word in self.spellings
 
 
-def lexicon_from_words(words: Iterable[str], vocabulary: CharVocabulary) -> Lexicon:
-    """Spell each word with its characters after the acoustic model's text normalisation.
+def lexicon_from_words(words: Iterable[str], vocabulary: CharVocabulary, language: str = ENGLISH) -> Lexicon:
+    """Spell each word with its characters after the acoustic model's text normalisation
+    (``language``: its data.language).
 
     Words that normalise to nothing, to several words, or hold characters the acoustic model
     cannot emit are skipped (and listed in ``Lexicon.skipped``).
@@ -54,7 +55,7 @@ def lexicon_from_words(words: Iterable[str], vocabulary: CharVocabulary) -> Lexi
     spellings: dict[str, list[tuple[int, ...]]] = {}
     skipped: list[str] = []
     for raw in words:
-        word = normalize_text(raw)
+        word = normalize_text(raw, language)
         if not word or " " in word or vocabulary.unknown_characters(word):
             if raw.strip():
                 skipped.append(raw)
@@ -92,8 +93,9 @@ def parse_lexicon(path: str | Path, what: str, spell: Callable[[str, list[str]],
     return Lexicon({w: tuple(s) for w, s in spellings.items()}, tuple(skipped))
 
 
-def read_lexicon(path: str | Path, vocabulary: CharVocabulary) -> Lexicon:
-    """Read a lexicon file: ``WORD [SPELLING...]`` per line, or a plain word list.
+def read_lexicon(path: str | Path, vocabulary: CharVocabulary, language: str = ENGLISH) -> Lexicon:
+    """Read a lexicon file: ``WORD [SPELLING...]`` per line, or a plain word list, normalised by
+    ``language``'s rules (the acoustic model's data.language).
 
     A line whose remaining fields are all characters of the vocabulary gives that spelling
     (``hello h e l l o``); otherwise (a bare word, or a pronunciation lexicon such as
@@ -103,12 +105,12 @@ def read_lexicon(path: str | Path, vocabulary: CharVocabulary) -> Lexicon:
     def spell(word: str, fields: list[str]) -> list[tuple[int, ...]] | None:
         if vocabulary.unknown_characters(word):
             return None
-        letters = [normalize_text(f) for f in fields]
+        letters = [normalize_text(f, language) for f in fields]
         if letters and all(len(c) == 1 and not vocabulary.unknown_characters(c) for c in letters):
             return [tuple(vocabulary.encode("".join(letters)))]
         return [tuple(vocabulary.encode(word))]
 
-    return parse_lexicon(path, "lexicon", spell)
+    return parse_lexicon(path, "lexicon", spell, word_of=lambda field: normalize_text(field, language))
 
 
 def arpa_vocabulary(path: str | Path) -> list[str]:

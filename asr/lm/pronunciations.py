@@ -2,9 +2,10 @@
 
 Phone decoding (asr/decoding/phone_lexicon.py) reads the phone CTC output through such a lexicon:
 every word an LM knows, spelled in the phones the model was trained on. They come from
-espeak-ng, the training phones' own source (each word phonemised on its own, cached), and are
-written as text, one pronunciation per line (``word<TAB>phone phone ...``, IPA symbols of
-:data:`asr.data.phones.PHONE_SYMBOLS`); a word may have several lines.
+espeak-ng, the training phones' own source (each word phonemised on its own, cached, in the
+voice of the model's language), and are written as text, one pronunciation per line
+(``word<TAB>phone phone ...``, IPA symbols of the language's
+:func:`asr.data.phones.phone_inventory`); a word may have several lines.
 
 CMUdict (the copy inside the pocketsphinx wheel, BSD-2-clause) is the alternative: its
 ARPAbet mapped to the same phones, several pronunciations per word kept. espeak-ng
@@ -19,8 +20,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from asr.data.phones import PHONE_IDS, PHONE_SYMBOLS, phonemize
-from asr.data.text import normalize_text
+from asr.data.phones import PHONE_IDS, phone_inventory, phonemize
+from asr.data.text import ENGLISH, normalize_text
 from asr.lm.lexicon import LanguageModelError, Lexicon, arpa_vocabulary, parse_lexicon, read_text_lines
 from asr.lm.sphinx import find_en_us_file
 from asr.utils.atomic import atomic_write
@@ -39,14 +40,15 @@ def words_of(path: str | Path) -> list[str]:
         raise LanguageModelError(f"{path}: cannot read words ({err})") from err
 
 
-def espeak_pronunciations(words: Iterable[str], cache: str | Path | None = None) -> Lexicon:
-    """Each normalised word's espeak-ng pronunciation (``cache``: JSON of word -> IPA, kept
-    between runs). Words that normalise to several or none, or get no phones, are skipped."""
+def espeak_pronunciations(words: Iterable[str], cache: str | Path | None = None, language: str = ENGLISH) -> Lexicon:
+    """Each word's espeak-ng pronunciation in ``language`` (normalised by its rules; ``cache``:
+    JSON of word -> IPA, kept between runs). Words that normalise to several or none, or get no
+    phones, are skipped."""
     kept, skipped = [], []
     for raw in words:
-        word = normalize_text(raw)
+        word = normalize_text(raw, language)
         (kept if word and " " not in word else skipped).append(word or raw)
-    phones = phonemize(sorted(set(kept)), cache)
+    phones = phonemize(sorted(set(kept)), cache, language)
     spellings = {}
     for word in dict.fromkeys(kept):  # first-seen order: an LM's order, most useful first
         if phones[word]:
@@ -58,25 +60,29 @@ def espeak_pronunciations(words: Iterable[str], cache: str | Path | None = None)
     return Lexicon(spellings, tuple(skipped))
 
 
-def write_pronunciations(path: str | Path, lexicon: Lexicon) -> None:
-    """One ``word<TAB>phones`` line per pronunciation, written atomically."""
+def write_pronunciations(path: str | Path, lexicon: Lexicon, language: str = ENGLISH) -> None:
+    """One ``word<TAB>phones`` line per pronunciation (phones of ``language``'s inventory), written atomically."""
+    symbols = phone_inventory(language).symbols
     with atomic_write(path) as out:
         for word, spellings in lexicon.spellings.items():
             for spelling in spellings:
-                out.write(f"{word}\t{' '.join(PHONE_SYMBOLS[i - 1] for i in spelling)}\n")
+                out.write(f"{word}\t{' '.join(symbols[i - 1] for i in spelling)}\n")
 
 
-def read_pronunciations(path: str | Path) -> Lexicon:
+def read_pronunciations(path: str | Path, language: str = ENGLISH) -> Lexicon:
     """Read a pronunciation lexicon (:func:`write_pronunciations`'s format; any whitespace
-    between fields). Lines with a phone outside the phone set are skipped and listed."""
+    between fields) for a model of ``language``. Lines with a phone outside its phone set are
+    skipped and listed."""
+    ids = phone_inventory(language).ids
+
     def spell(word: str, phones: list[str]) -> list[tuple[int, ...]] | None:
-        if not phones or any(p not in PHONE_IDS for p in phones):
+        if not phones or any(p not in ids for p in phones):
             return None
-        return [tuple(PHONE_IDS[p] for p in phones)]
+        return [tuple(ids[p] for p in phones)]
 
     return parse_lexicon(path, "pronunciation lexicon", spell,
-                         " (expected 'word<TAB>phones' lines in the phone set of asr/data/phones.py; `asr lm pronounce` "
-                         "writes one)")
+                         " (expected 'word<TAB>phones' lines in the phone set of asr/data/phones.py for the model's "
+                         "language; `asr lm pronounce` writes one)", word_of=lambda field: normalize_text(field, language))
 
 
 # CMUdict's ARPAbet in espeak-ng's en-us phones (asr/data/phones.py): diphthongs and affricates are
@@ -190,14 +196,17 @@ def cmudict_pronunciations(words: Iterable[str], cmudict: Lexicon, fallback: Lex
 
 
 def pronounce_words(words: list[str], source: str = "espeak", cmudict_file: str | Path | None = None,
-                    cache: str | Path | None = None) -> tuple[Lexicon, str]:
+                    cache: str | Path | None = None, language: str = ENGLISH) -> tuple[Lexicon, str]:
     """Pronunciations of ``words`` (``asr lm pronounce``) and a line saying where they came from.
 
-    ``source``: espeak (espeak-ng for every word), cmudict (CMUdict, espeak-ng for the words it
-    lacks) or both (every reading of either); ``cmudict_file``: pocketsphinx's copy by default.
+    ``source``: espeak (espeak-ng for every word, in ``language``'s voice), cmudict (CMUdict,
+    espeak-ng for the words it lacks) or both (every reading of either); ``cmudict_file``:
+    pocketsphinx's copy by default. CMUdict is English: other languages take espeak-ng alone.
     """
     if cmudict_file and source == "espeak":
         raise LanguageModelError("--cmudict needs --source cmudict or --source both")
+    if source != "espeak" and phone_inventory(language).shared:
+        raise LanguageModelError(f"CMUdict pronounces English; for language {language} use --source espeak")
     cmudict_path = Path(cmudict_file) if cmudict_file else (find_cmudict() if source != "espeak" else None)
     if source != "espeak" and cmudict_path is None:
         raise LanguageModelError("CMUdict not found: pip install pocketsphinx (its cmudict-en-us.dict), or name the "
@@ -206,13 +215,13 @@ def pronounce_words(words: list[str], source: str = "espeak", cmudict_file: str 
     # espeak-ng pronounces every word, or with --source cmudict only those CMUdict lacks.
     to_espeak = [w for w in words if cmudict is None or source == "both" or normalize_text(w) not in cmudict.spellings]
     try:
-        espeak = espeak_pronunciations(to_espeak, cache) if to_espeak else None
+        espeak = espeak_pronunciations(to_espeak, cache, language) if to_espeak else None
     except LanguageModelError:
         if cmudict is None:
             raise
         espeak = None  # none of CMUdict's missing words is pronounceable: CMUdict alone
     if cmudict is None:
-        return espeak, "espeak-ng"
+        return espeak, "espeak-ng" if language == ENGLISH else f"espeak-ng ({language})"
     lexicon = cmudict_pronunciations(words, cmudict, espeak, keep_fallback=source == "both")
     licence = "; BSD-2-clause, Carnegie Mellon University" if cmudict_path == find_cmudict() else ""
     described = f"CMUdict ({cmudict_path}{licence})" + (

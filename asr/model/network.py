@@ -244,7 +244,8 @@ class LatencyControlledRNN(RecurrentLayer):
 class AcousticModel(nn.Module):
     """Log-mel frames (B, T, n_mels) -> CTC log-probabilities (B, T', vocab_size) and lengths."""
 
-    def __init__(self, config: ModelConfig, input_dim: int, vocab_size: int) -> None:
+    def __init__(self, config: ModelConfig, input_dim: int, vocab_size: int,
+                 phone_labels: int = NUM_PHONE_LABELS) -> None:
         super().__init__()
         self.config = config
         if config.subsampling == "stack":
@@ -267,8 +268,9 @@ class AcousticModel(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(width) if config.layer_norm else nn.Identity() for _ in layer_inputs)
         self.dropout = Dropout(config.dropout)
         self.output = nn.Linear(width, vocab_size)
-        # Training-only head of the auxiliary phone CTC loss, on a lower layer's output.
-        self.phone_output = nn.Linear(width, NUM_PHONE_LABELS) if config.phone_ctc_weight > 0 else None
+        # Head of the auxiliary phone CTC loss, on a lower layer's output (phone decoding reads it
+        # too): ``phone_labels`` outputs, the blank and the phones of the language (asr.data.phones.phone_inventory).
+        self.phone_output = nn.Linear(width, phone_labels) if config.phone_ctc_weight > 0 else None
 
     def use_packed(self) -> bool:
         return self.config.rnn_input == "packed"  # "auto" is padded: faster on CPU and on an H100
@@ -277,7 +279,7 @@ class AcousticModel(nn.Module):
         self, features: torch.Tensor, lengths: torch.Tensor, with_phones: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Character log-probs (B, T', V) and lengths; with_phones adds the phone head's
-        log-probs (B, T', NUM_PHONE_LABELS) from layer ``phone_ctc_layer``."""
+        log-probs (B, T', phone_labels) from layer ``phone_ctc_layer``."""
         if with_phones and self.phone_output is None:
             raise ValueError("with_phones needs model.phone_ctc_weight > 0")
         x, lengths = self.subsampler(features, lengths)  # (B, T', D)

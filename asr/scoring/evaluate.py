@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asr.data.manifest import ManifestError, Utterance, read_manifest_lines
-from asr.data.text import CharVocabulary, normalize_text
+from asr.data.text import ENGLISH, CharVocabulary, normalize_text
 from asr.inference.recognizer import SpeechRecognizer
 from asr.inference.results import Transcription
 from asr.scoring.metrics import ErrorCounts, UtteranceScore, score_utterances
@@ -28,6 +28,8 @@ class EvaluationReport:
     audio_seconds: float = 0.0  # audio of the scored utterances
     skipped: list[str] = field(default_factory=list)  # "manifest:line: reason" for lines that were not scored
     warnings: list[str] = field(default_factory=list)  # "audio: warning" for files used despite a problem
+    speakers: list[str] = field(default_factory=list)  # per score, its manifest speaker ("" when not given)
+    durations: list[float] = field(default_factory=list)  # per score, seconds of its audio
 
     @property
     def words(self) -> ErrorCounts:
@@ -82,13 +84,14 @@ class References:
 
 
 def normalized_references(utterances: Sequence[Utterance], vocabulary: CharVocabulary,
-                          labels: Sequence[str] | None = None) -> References:
-    """References normalised as in training; those with characters the vocabulary cannot
-    spell are skipped with a reason (``labels`` name each utterance, e.g. "manifest:line")."""
+                          labels: Sequence[str] | None = None, language: str = ENGLISH) -> References:
+    """References normalised as in training (by ``language``'s rules, the model's
+    data.language); those with characters the vocabulary cannot spell are skipped with a
+    reason (``labels`` name each utterance, e.g. "manifest:line")."""
     labels = labels if labels is not None else [u.id for u in utterances]
     kept, texts, skipped = [], [], []
     for index, (utterance, label) in enumerate(zip(utterances, labels)):
-        reference = normalize_text(utterance.text)
+        reference = normalize_text(utterance.text, language)
         unknown = vocabulary.unknown_characters(reference)
         if unknown:
             shown = ", ".join(repr(char) for char in sorted(unknown))
@@ -103,14 +106,15 @@ def normalized_references(utterances: Sequence[Utterance], vocabulary: CharVocab
 def evaluate(recognizer: SpeechRecognizer, utterances: Sequence[Utterance],
              labels: Sequence[str] | None = None) -> EvaluationReport:
     """Transcribe the utterances and score each against its normalised reference."""
-    references = normalized_references(utterances, recognizer.vocabulary, labels)
+    references = normalized_references(utterances, recognizer.vocabulary, labels, recognizer.config.data.language)
     scorable = [utterances[i] for i in references.kept]
     results = recognizer.transcribe([u.audio for u in scorable])
     ok = [(u, reference, r) for u, reference, r in zip(scorable, references.texts, results) if r.ok]
     scores = score_utterances([u.id for u, _, _ in ok], [ref for _, ref, _ in ok], [r.text for _, _, r in ok])
     warnings = [f"{r.path}: {warning}" for r in results for warning in r.warnings]
     return EvaluationReport(scores, [r for r in results if not r.ok], sum(r.duration for _, _, r in ok),
-                            list(references.skipped), warnings)
+                            list(references.skipped), warnings, speakers=[u.speaker for u, _, _ in ok],
+                            durations=[r.duration for _, _, r in ok])
 
 
 def evaluate_manifest(recognizer: SpeechRecognizer, manifest: str | Path) -> EvaluationReport:

@@ -82,7 +82,7 @@ def compute_emissions(recognizer: SpeechRecognizer, utterances: Sequence[Utteran
     """The acoustic model's output on every utterance, through the windowing of
     :meth:`SpeechRecognizer.file_emissions`; references as :mod:`asr.scoring.evaluate` scores them
     (``labels`` name the utterances in messages, e.g. "manifest:line")."""
-    references = normalized_references(utterances, recognizer.vocabulary, labels)
+    references = normalized_references(utterances, recognizer.vocabulary, labels, recognizer.config.data.language)
     failed = list(references.skipped)
     kept: list[tuple[Utterance, str, torch.Tensor]] = []
     for index, reference in zip(references.kept, references.texts):
@@ -242,16 +242,18 @@ def tune_lm(
     workers: int = 1,
     progress=None,
     metric: Literal["wer", "cer"] = "wer",
+    language: str = "en",
 ) -> TuningResult:
     """Grid search of LM weight x word score; the LM and lexicon are loaded once.
 
-    ``metric`` ranks the pairs: WER for word LMs, usually CER for a character LM.
+    ``metric`` ranks the pairs: WER for word LMs, usually CER for a character LM;
+    ``language``: the model's data.language (its lexicons' text rules and phone labels).
     """
     if base.units != emissions.units:
         raise ValueError(f"{base.units} decoding cannot read emissions of the {emissions.units} output")
     baseline = score(emissions, decode_texts(emissions, GreedyDecoder(vocabulary))) if emissions.units == "chars" \
         else None
-    template = build_decoder(vocabulary, replace(base, method="beam"))
+    template = build_decoder(vocabulary, replace(base, method="beam"), language)
     assert isinstance(template, BeamSearchDecoder)  # PhoneLexiconDecoder is one too
     rows: list[TuningRow] = []
     for lm_weight, word_score in itertools.product(lm_weights, word_scores):
@@ -409,7 +411,7 @@ def tune_model(checkpoint: str | Path, manifest: str | Path, request: TuningRequ
         progress.grid(len(emissions.ids), request.lm_weights, request.word_scores)
         results[units] = tune_lm(emissions, recognizer.vocabulary, request.base_settings(units, lexicon),
                                  request.lm_weights, request.word_scores, request.workers, progress=progress.row,
-                                 metric=request.metric)
+                                 metric=request.metric, language=recognizer.config.data.language)
         progress.tuned(units, results[units])
     chosen = best_tuning(results, request.metric)
     if out is not None:

@@ -240,6 +240,10 @@ def network_differences(saved: dict[str, Any], wanted: ExperimentConfig) -> list
                 continue
             if old.get(key) != new.get(key):
                 differences.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    # The language fixes the text rules the vocabulary spells and the phone head's labels.
+    saved_language = saved.get("data", {}).get("language", "en")  # before data.language: English
+    if saved_language != wanted.data.language:
+        differences.append(f"data.language: {saved_language!r} -> {wanted.data.language!r}")
     # The phone head exists only while its loss weight is positive.
     if (saved.get("model", {}).get("phone_ctc_weight", 0) > 0) != (wanted.model.phone_ctc_weight > 0):
         differences.append(f"model.phone_ctc_weight: {saved['model'].get('phone_ctc_weight')!r} -> "

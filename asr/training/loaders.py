@@ -1,12 +1,13 @@
-"""Training's data: the manifests read and filtered, the bucketed loaders, the normalisation
-statistics and the espeak-ng phone labels of the phone CTC loss."""
+"""Training's data: the manifests read, normalised and filtered, the vocabulary, the bucketed
+loaders, the normalisation statistics and the espeak-ng phone labels of the phone CTC loss."""
 
 from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,9 +26,9 @@ from asr.data.dataset import (
     join_utterances,
     parts_of,
 )
-from asr.data.manifest import ManifestError, Utterance, read_manifest
-from asr.data.phones import phonemize
-from asr.data.text import CharVocabulary
+from asr.data.manifest import ManifestError, Utterance, read_manifest, read_manifest_lines
+from asr.data.phones import espeak_voice, phonemize
+from asr.data.text import CharVocabulary, normalize_text
 from asr.model.features import FeatureFrontend, StatsAccumulator
 from asr.training.distributed import Distributed
 from asr.training.logs import log
@@ -41,14 +42,16 @@ class TrainingData:
     train_sampler: BucketBatchSampler  # this rank's share of each epoch's batches
     valid_loader: DataLoader | None  # rank 0 only, and only with data.valid_manifest
     phone_labels: list[torch.Tensor] | None  # per training utterance, for the phone CTC loss
+    vocabulary: CharVocabulary  # the output characters
 
 
 def build_data(
-    config: ExperimentConfig, vocabulary: CharVocabulary, out_dir: Path, dist_info: Distributed,
+    config: ExperimentConfig, vocabulary: CharVocabulary | None, out_dir: Path, dist_info: Distributed,
     device: torch.device, say=log,
 ) -> TrainingData:
-    """The manifests read, filtered and joined, their phone labels, and the loaders over them."""
-    train_utts, valid_utts = load_utterances(config, vocabulary, say)
+    """The manifests read, normalised, filtered and joined, their phone labels, and the loaders
+    over them; ``vocabulary`` None: the config's (:func:`run_vocabulary`), else a resumed run's."""
+    train_utts, valid_utts, vocabulary = load_utterances(config, vocabulary, say)
     data = config.data
     train_utts = join_utterances(train_utts, data.join_fraction, data.join_max_utterances, data.join_max_gap,
                                  data.max_duration, config.train.seed)
@@ -65,28 +68,91 @@ def build_data(
         f"{sum(u.duration for u in train_utts) / 3600:.2f} h, "
         f"{len(train_sampler)} batches/epoch on each of {dist_info.world_size} rank(s), "
         f"padding {100 * train_sampler.padding_fraction():.1f} % of frames")
-    return TrainingData(train_loader, train_sampler, valid_loader, phone_labels)
+    return TrainingData(train_loader, train_sampler, valid_loader, phone_labels, vocabulary)
 
 
 def load_utterances(
-    config: ExperimentConfig, vocabulary: CharVocabulary, say=log
-) -> tuple[list[Utterance], list[Utterance]]:
-    """Read both manifests and drop what CTC cannot train on, reporting every reason."""
-    factor = config.model.subsampling_factor
+    config: ExperimentConfig, vocabulary: CharVocabulary | None = None, say=log
+) -> tuple[list[Utterance], list[Utterance], CharVocabulary]:
+    """Read both manifests, normalise their transcripts by data.language's rules, settle the
+    vocabulary (``vocabulary`` None: :func:`run_vocabulary`) and drop what CTC cannot train on,
+    reporting every reason. A validation transcript a vocabulary from the data cannot spell stops the run."""
+    factor, language = config.model.subsampling_factor, config.data.language
     if not config.data.train_manifest:
         raise ConfigError("data.train_manifest is not set: give the training manifest (JSONL, `asr prepare`)")
-    train_all = read_manifest(config.data.train_manifest)
+    train_all = normalized(read_manifest(config.data.train_manifest), language)
+    if vocabulary is None:
+        vocabulary = run_vocabulary(config, train_all, say)
+    elif config.data.vocabulary_from_data:
+        say(f"vocabulary: the resumed run's {len(vocabulary) - 1} characters {''.join(vocabulary.tokens[1:])!r}")
     train, report = filter_for_training(train_all, vocabulary, factor, config.data.max_duration, config.features)
     say(f"train {config.data.train_manifest}: {report.summary()}")
     if not train:
         raise ManifestError(f"{config.data.train_manifest}: no usable training utterances ({report.summary()})")
     valid: list[Utterance] = []
     if config.data.valid_manifest:
+        reading = read_manifest_lines(config.data.valid_manifest)
+        if reading.problems:
+            read_manifest(config.data.valid_manifest)  # raises ManifestError naming the first bad line
+        valid_all = normalized(reading.utterances, language)
+        if config.data.vocabulary_from_data:
+            check_spelled(valid_all, reading.line_numbers, vocabulary, train_all, config)
         # Validation keeps long utterances; it only needs transcripts the vocabulary can spell.
-        valid, report = filter_for_training(read_manifest(config.data.valid_manifest), vocabulary, factor, math.inf,
-                                            config.features)
+        valid, report = filter_for_training(valid_all, vocabulary, factor, math.inf, config.features)
         say(f"valid {config.data.valid_manifest}: {report.summary()}")
-    return train, valid
+    return train, valid, vocabulary
+
+
+def normalized(utterances: Sequence[Utterance], language: str) -> list[Utterance]:
+    """The utterances with their transcripts normalised (``asr prepare`` writes them so already:
+    then they are the same objects)."""
+    normal = [normalize_text(utterance.text, language) for utterance in utterances]
+    return [u if text == u.text else replace(u, text=text) for u, text in zip(utterances, normal)]
+
+
+def run_vocabulary(config: ExperimentConfig, train: Sequence[Utterance], say=log) -> CharVocabulary:
+    """data.vocabulary: English's characters, or those of the (normalised) training transcripts
+    seen at least data.min_token_count times; the rarer ones are reported, and
+    filter_for_training then skips the utterances that hold them."""
+    if not config.data.vocabulary_from_data:
+        return CharVocabulary.english()
+    counts = character_counts(train)
+    least = config.data.min_token_count
+    vocabulary = CharVocabulary.from_counts(counts, least)
+    say(f"vocabulary from {config.data.train_manifest} (data.language {config.data.language}): "
+        f"{len(vocabulary) - 1} characters {''.join(vocabulary.tokens[1:])!r}")
+    rare = sorted((char for char in counts if counts[char] < least and char != " "), key=lambda c: (-counts[c], c))
+    if rare:
+        say(f"rare characters dropped (seen fewer than data.min_token_count={least} times), the training utterances "
+            f"that hold them skipped: " + ", ".join(f"{char!r} ({counts[char]}x)" for char in rare))
+    return vocabulary
+
+
+def character_counts(utterances: Sequence[Utterance]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for utterance in utterances:
+        counts.update(utterance.text)
+    return counts
+
+
+def check_spelled(valid: Sequence[Utterance], line_numbers: Sequence[int], vocabulary: CharVocabulary,
+                  train: Sequence[Utterance], config: ExperimentConfig) -> None:
+    """Refuse at once a validation transcript that a vocabulary built from the training data
+    cannot spell: the model could never get it right, and every epoch's figures would hide that."""
+    unspelled = [(number, u) for number, u in zip(line_numbers, valid) if vocabulary.unknown_characters(u.text)]
+    if not unspelled:
+        return
+    number, first = unspelled[0]
+    counts = character_counts(train)
+    unknown = ", ".join(f"{char!r} ({counts[char]}x in training)" for char in sorted(vocabulary.unknown_characters(
+        first.text)))
+    more = f" (and {len(unspelled) - 1} more lines)" if len(unspelled) > 1 else ""
+    raise ManifestError(
+        f"{config.data.valid_manifest}:{number}: the transcript of {first.id}, {first.text!r}, holds {unknown}, "
+        f"outside the vocabulary built from {config.data.train_manifest} (characters seen at least "
+        f"data.min_token_count={config.data.min_token_count} times){more}: lower data.min_token_count, add training "
+        "data with those characters, or fix or remove the line"
+    )
 
 
 def make_loader(
@@ -151,10 +217,12 @@ def training_phone_labels(
     if config.model.phone_ctc_weight <= 0:
         return None
     texts = [part.text for item in utterances for part in parts_of(item)]
-    by_text = phonemize(texts, out_dir / "phones.json" if dist_info.is_main else None)
+    language = config.data.language
+    by_text = phonemize(texts, out_dir / "phones.json" if dist_info.is_main else None, language)
     labels = [torch.tensor([phone for part in parts_of(item) for phone in by_text[part.text]], dtype=torch.long)
               for item in utterances]
     phones, chars = sum(len(l) for l in labels), sum(len(t) for t in texts)
     say(f"phone CTC (weight {config.model.phone_ctc_weight}, layer {config.model.phone_ctc_layer}): "
-        f"{len(by_text)} transcripts phonemised with espeak-ng, {phones / max(1, chars):.2f} phones per character")
+        f"{len(by_text)} transcripts phonemised with espeak-ng (voice {espeak_voice(language)}), "
+        f"{phones / max(1, chars):.2f} phones per character")
     return labels

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from asr.config import ConfigError, ExperimentConfig
-from asr.data.text import CharVocabulary
+from asr.data.phones import phone_inventory
 from asr.decoding.greedy import GreedyDecoder
 from asr.errors import DiskFullError, no_space_left
 from asr.model.features import FeatureFrontend
@@ -44,7 +44,7 @@ from asr.training.distributed import (
 )
 from asr.training.loaders import build_data, estimate_normalizer
 from asr.training.logs import TensorBoard, log, write_metrics
-from asr.training.resume import checkpoint_payload, resume, save_last, seed_everything
+from asr.training.resume import checkpoint_payload, read_last, resume, save_last, seed_everything
 from asr.training.run import EpochStats, Run, TrainState
 from asr.training.schedule import fit_schedule_to_budget, make_scheduler
 from asr.training.steps import train_step, validate
@@ -90,10 +90,14 @@ def build_run(config: ExperimentConfig) -> Run:
     if precision_problem:
         say(f"warning: train.precision: {precision_problem}")
 
-    vocabulary = CharVocabulary.english()
-    data = build_data(config, vocabulary, out_dir, dist_info, device, say)
+    last_path = out_dir / "last.pt"
+    saved = read_last(last_path, config, device)  # refused before any work when it holds another model
+    # A resumed run keeps its vocabulary (the data may have changed); a new one takes data.vocabulary's.
+    data = build_data(config, saved.vocabulary if saved else None, out_dir, dist_info, device, say)
+    vocabulary = data.vocabulary
     frontend = FeatureFrontend(config.features).to(device)
-    model = AcousticModel(config.model, config.features.n_mels, len(vocabulary)).to(device)
+    model = AcousticModel(config.model, config.features.n_mels, len(vocabulary),
+                          len(phone_inventory(config.data.language))).to(device)
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {device}")
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay
@@ -107,9 +111,8 @@ def build_run(config: ExperimentConfig) -> Run:
         config.optim.schedule == "budget" and state.schedule_steps) or epoch_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
 
-    last_path = out_dir / "last.pt"
-    if last_path.exists():
-        resume(last_path, config, frontend, model, optimizer, scheduler, scaler, device, state, say)
+    if saved is not None:
+        resume(last_path, saved, config, frontend, model, optimizer, scheduler, scaler, state, say)
     elif dist_info.is_main:
         estimate_normalizer(frontend, data.train_loader.dataset, config, device)
     if dist_info.is_main:  # after resume() accepted out_dir: a refused run leaves another run's files alone

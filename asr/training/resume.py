@@ -15,6 +15,7 @@ from asr.data.dataset import parts_of
 from asr.model.features import FeatureFrontend
 from asr.model.network import AcousticModel
 from asr.storage.checkpoint import (
+    Checkpoint,
     CheckpointError,
     build_payload,
     check_resumable,
@@ -65,31 +66,40 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
+def read_last(path: Path, config: ExperimentConfig, device: torch.device) -> Checkpoint | None:
+    """An out_dir's last.pt, read and checked to hold the network ``config`` asks for and a
+    training state (None when there is none: a new run)."""
+    if not path.exists():
+        return None
+    saved = read_checkpoint(path, map_location=device)
+    check_resumable(path, to_dict(saved.config), config)  # before the state dict's size mismatch would
+    if saved.train_state is None:
+        raise CheckpointError(f"{path} holds no training state (a copy of best.pt?); it cannot be resumed: "
+                              "remove it to train from scratch, or choose a new train.out_dir")
+    return saved
+
+
 def resume(
     path: Path,
+    saved: Checkpoint,
     config: ExperimentConfig,
     frontend: FeatureFrontend,
     model: AcousticModel,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-    device: torch.device,
     state: TrainState,
     say: Callable[[str], None] = log,
 ) -> None:
-    """Load last.pt into the model, optimiser, schedule, RNGs and ``state`` (in place: the schedule reads it)."""
-    saved = read_checkpoint(path, map_location=device)
-    saved_config = to_dict(saved.config)
-    check_resumable(path, saved_config, config)  # before the state dict's size mismatch would
-    if saved_config != to_dict(config):
+    """Load last.pt (``saved``, from :func:`read_last`) into the model, optimiser, schedule,
+    RNGs and ``state`` (in place: the schedule reads it)."""
+    if to_dict(saved.config) != to_dict(config):
         say(f"note: {path} was written with different training settings; resuming with the new ones")
-    if saved.train_state is None:
-        raise CheckpointError(f"{path} holds no training state (a copy of best.pt?); it cannot be resumed: "
-                              "remove it to train from scratch, or choose a new train.out_dir")
     model.load_state_dict(saved.model_state)
     frontend.normalizer.mean.copy_(saved.normalizer_mean)
     frontend.normalizer.std.copy_(saved.normalizer_std)
     train_state = saved.train_state
+    assert train_state is not None  # read_last refuses a checkpoint without one
     optimizer.load_state_dict(train_state["optimizer"])
     scheduler.load_state_dict(train_state["scheduler"])
     scaler.load_state_dict(train_state["scaler"])
