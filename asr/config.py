@@ -233,8 +233,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class CorpusWeight:
+    manifest: str  # JSONL manifest of another training corpus
+    # Times each of its utterances is trained on per epoch, as the main manifest's are once:
+    # 2 = twice, 0.5 = a fixed half of them (drawn once from train.seed, so resume stays exact).
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_ranges("data.extra_train", self, weight="> 0")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     train_manifest: str = ""  # JSONL manifest of training utterances
+    extra_train: tuple[CorpusWeight, ...] = ()  # more training corpora mixed in, each with its weight
     valid_manifest: str = ""  # JSONL manifest for the per-epoch validation pass
     # The transcripts' language, an ISO 639 code or tag (en, es, de, cy, ru, zh-CN): it picks the
     # text normalisation (asr/data/text.py) and espeak-ng's voice and phones for the phone CTC loss.
@@ -361,6 +373,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return None
         non_none = [a for a in args if a is not type(None)]
         return _coerce(value, non_none[0], where)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any number of X
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")

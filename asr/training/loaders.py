@@ -81,14 +81,22 @@ def load_utterances(
     if not config.data.train_manifest:
         raise ConfigError("data.train_manifest is not set: give the training manifest (JSONL, `asr prepare`)")
     train_all = normalized(read_manifest(config.data.train_manifest), language)
+    extras = [(extra, normalized(read_manifest(extra.manifest), language)) for extra in config.data.extra_train]
+    every_train = train_all + [u for _, utterances in extras for u in utterances]
     if vocabulary is None:
-        vocabulary = run_vocabulary(config, train_all, say)
+        vocabulary = run_vocabulary(config, every_train, say)
     elif config.data.vocabulary_from_data:
         say(f"vocabulary: the resumed run's {len(vocabulary) - 1} characters {''.join(vocabulary.tokens[1:])!r}")
     train, report = filter_for_training(train_all, vocabulary, factor, config.data.max_duration, config.features)
     say(f"train {config.data.train_manifest}: {report.summary()}")
     if not train:
         raise ManifestError(f"{config.data.train_manifest}: no usable training utterances ({report.summary()})")
+    for index, (extra, utterances) in enumerate(extras, start=1):
+        kept, report = filter_for_training(utterances, vocabulary, factor, config.data.max_duration, config.features)
+        mixed = weighted(kept, extra.weight, config.train.seed + index)
+        say(f"train {extra.manifest} (weight {extra.weight:g}): {report.summary()}; {len(mixed)} utterances "
+            f"({sum(u.duration for u in mixed) / 3600:.2f} h) per epoch")
+        train += mixed
     valid: list[Utterance] = []
     if config.data.valid_manifest:
         reading = read_manifest_lines(config.data.valid_manifest)
@@ -96,11 +104,19 @@ def load_utterances(
             read_manifest(config.data.valid_manifest)  # raises ManifestError naming the first bad line
         valid_all = normalized(reading.utterances, language)
         if config.data.vocabulary_from_data:
-            check_spelled(valid_all, reading.line_numbers, vocabulary, train_all, config)
+            check_spelled(valid_all, reading.line_numbers, vocabulary, every_train, config)
         # Validation keeps long utterances; it only needs transcripts the vocabulary can spell.
         valid, report = filter_for_training(valid_all, vocabulary, factor, math.inf, config.features)
         say(f"valid {config.data.valid_manifest}: {report.summary()}")
     return train, valid, vocabulary
+
+
+def weighted(utterances: Sequence[Utterance], weight: float, seed: int) -> list[Utterance]:
+    """A corpus as data.extra_train's ``weight`` mixes it in: every utterance int(weight) times,
+    and a fixed random share (the weight's fraction) of them once more, drawn with ``seed``."""
+    whole, fraction = divmod(weight, 1.0)
+    extra = random.Random(seed).sample(list(utterances), round(fraction * len(utterances)))
+    return list(utterances) * int(whole) + extra
 
 
 def normalized(utterances: Sequence[Utterance], language: str) -> list[Utterance]:
