@@ -121,3 +121,22 @@ def test_lm_build_reads_books_leaves_out_held_out_text_and_limits_the_vocabulary
     assert "left out 1 document(s)" in printed and "b.txt" in printed
     assert "2 words 40.00 %" in printed and "all 10 words 20.00 %" in printed  # 2: "and", "bird" out; all: "bird"
     assert not __import__("pathlib").Path(vocabulary).exists()  # the temporary folder is gone
+
+
+def test_a_binary_word_lm_gets_its_word_list_beside_it(tmp_path, monkeypatch):
+    import stat
+
+    from asr.lm.build import build_lm, words_file
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in (("lmplz", "cat > /dev/null\nprintf 'arpa'\n"), ("build_binary", 'cp "$1" "$2"\n')):
+        (bin_dir / name).write_text("#!/bin/sh\n" + script)
+        (bin_dir / name).chmod(0o755 | stat.S_IEXEC)
+    monkeypatch.setenv("ASR_KENLM_BIN", str(bin_dir))
+    text = tmp_path / "text.txt"
+    text.write_text("the cat the dog\nthe cat\n")
+    out = tmp_path / "lm.bin"
+    report = build_lm([text], 3, out, vocab_size=2)
+    assert out.read_text() == "arpa" and report.kept_words == 2
+    assert words_file(out).read_text() == "the\ncat\n"  # the --vocab-size most frequent, for --lexicon

@@ -31,6 +31,7 @@ def test_extra_corpora_join_the_training_set_and_are_reported(tone_corpus, tmp_p
     assert any(f"{tone_corpus['valid']} (weight 2)" in line and f"{2 * len(extra)} utterances" in line
                for line in said)
     assert len(valid) == len(extra)
+    assert any(line.startswith(f"warning: {len(extra)} validation utterance(s) are also training data") for line in said)
 
 
 def test_the_mix_is_configured_in_yaml_overrides_and_checkpoints(tmp_path):

@@ -205,6 +205,9 @@ def build_lm(
                 _run_tool([str(build_binary), str(arpa), str(result)])
             else:
                 os.replace(arpa, result)
+        if build_binary and unit == "word":  # a binary's words cannot be read back: the lexicon to decode it with
+            with atomic_write(words_file(out)) as listing:
+                listing.writelines(f"{word}\n" for word, _ in counts.most_common(kept_words))
     return LmBuildReport(out, sentences, sum(counts.values()), len(counts), kept_words, tuple(tally.excluded),
                          sum(s.books for s in tally.books))
 
@@ -218,6 +221,12 @@ def _write_corpus(sentences: Iterator[str], corpus: Path, unit: str, counts: Cou
             counts.update(sentence.split())
             written += 1
     return written
+
+
+def words_file(lm: str | Path) -> Path:
+    """The word list written beside a binary word LM (``LM.words.txt``): its lexicon for decoding
+    (``--lexicon``) and the words ``asr lm pronounce`` pronounces."""
+    return Path(f"{lm}.words.txt")
 
 
 def out_is_binary(path: str | Path) -> bool:

@@ -108,6 +108,10 @@ def load_utterances(
         # Validation keeps long utterances; it only needs transcripts the vocabulary can spell.
         valid, report = filter_for_training(valid_all, vocabulary, factor, math.inf, config.features)
         say(f"valid {config.data.valid_manifest}: {report.summary()}")
+        seen = {u.audio for item in train for u in parts_of(item)}
+        leaked = [u.audio for u in valid if u.audio in seen]
+        if leaked:  # e.g. an extra corpus holding the dev speakers: validation would flatter the model
+            say(f"warning: {len(leaked)} validation utterance(s) are also training data (e.g. {leaked[0]})")
     return train, valid, vocabulary
 
 

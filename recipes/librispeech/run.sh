@@ -11,10 +11,16 @@
 # --data-dir DIR uses any LibriSpeech-layout folder instead: split by speaker into train/dev.
 # --lm FILE decodes with that word LM (default with LibriSpeech: the official pruned 3-gram; with
 # --data-dir: CMU Sphinx's US English trigram). Stage 4 stores the tuned LM settings beside the model.
+# --extra DIR[:WEIGHT] (repeatable) mixes another corpus (LibriSpeech layout or a Kaldi data
+# directory) into training with that weight (default 1; data.extra_train).
+# --books DIR builds the word LM from a folder of plain-text books in stage 4 (KenLM's lmplz:
+# scripts/build_kenlm.sh), leaving out every book that shares a 10-word run with the eval sets,
+# keeping the 200 k most frequent words, and decodes with it instead of --lm.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 name=${1:?usage: run.sh CONFIG [options]}; shift
 stage=1; stop_stage=5; gpus=1; data=data/librispeech; mirror=""; data_dir=""; lm=""; user_overrides=()
+extras=(); books=""
 while [ $# -gt 0 ]; do
   case $1 in
     --) shift; user_overrides=("$@"); break ;;
@@ -25,6 +31,8 @@ while [ $# -gt 0 ]; do
     --mirror) mirror="--mirror $2"; shift 2 ;;
     --data-dir) data_dir=$2; shift 2 ;;
     --lm) lm=$2; shift 2 ;;
+    --extra) extras+=("$2"); shift 2 ;;
+    --books) books=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +63,14 @@ else
              data.valid_manifest=$data/manifests/$(echo $eval_sets | cut -d' ' -f1).jsonl)
 fi
 
+# Extra corpora: prepared in stage 1 into extra-N.jsonl, mixed in with their weights.
+extra_mix=""
+for i in "${!extras[@]}"; do
+  weight=1; [[ "${extras[$i]}" == *:* ]] && weight=${extras[$i]##*:}
+  extra_mix+="${extra_mix:+, }{manifest: $data/manifests/extra-$i.jsonl, weight: $weight}"
+done
+[ -n "$extra_mix" ] && overrides+=("data.extra_train=[$extra_mix]")
+
 # A phone head (model.phone_ctc_weight > 0): trained on espeak-ng phones, and decoded in stage 4.
 phones=$(python -c "import sys; from asr.config import load_config; print(int(load_config(sys.argv[1], sys.argv[2:]).model.phone_ctc_weight > 0))" \
   "$conf" "${user_overrides[@]}")
@@ -67,6 +83,9 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   else
     asr prepare librispeech --subsets $train_sets $eval_sets --dest $data --speed-perturb --lm $mirror
   fi
+  for i in "${!extras[@]}"; do
+    asr prepare "${extras[$i]%:*}" $data/manifests/extra-$i.jsonl
+  done
 fi
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   echo "== stage 2: train ($gpus process(es))"
@@ -96,6 +115,9 @@ english_lm=$data/lm/en-us.arpa
 # beam 200 (phones through the lexicon, dev WER held out: 67.9 % at beam 50, 66.2 at 100, 65.3 at 200).
 tune_grid=()
 [ "$lm" = "$english_lm" ] && tune_grid=(--lm-weights 0.5,1,1.5,2 --word-scores=-1,0,1 --beam 200)
+# --books: a book-domain trigram in KenLM's binary format, its word list beside it (the lexicon).
+[ -n "$books" ] && lm=$data/lm/books.bin && tune_grid=(--lm-weights 0.5,1,1.5,2 --word-scores=-1,0,1 --beam 200)
+words=$lm; [ -f "$lm.words.txt" ] || [ -n "$books" ] && words=$lm.words.txt
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   echo "== stage 4: evaluate $model"
   for set in $eval_sets; do
@@ -103,12 +125,17 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
       --utterances $exp/eval/$set.jsonl --worst 5 > /dev/null
     echo "$set greedy: $(grep -E "^(WER|CER)" $exp/eval/$set.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
   done
+  if [ -n "$books" ] && [ ! -f "$lm" ]; then
+    eval_manifests=(); for set in $eval_sets; do eval_manifests+=($data/manifests/$set.jsonl); done
+    asr lm build "$books" "$lm" --order 3 --prune 0 1 1 --vocab-size 200000 --exclude "${eval_manifests[@]}" \
+      --oov "${eval_manifests[0]}" | tee $exp/eval/books-lm.txt || echo "warning: could not build $lm; greedy only" >&2
+  fi
   if [ "$lm" = "$english_lm" ] && [ ! -f "$lm" ]; then
     asr lm english "$lm" || echo "warning: could not write $lm (pip install pocketsphinx); greedy only" >&2
   fi
   if [ -n "$lm" ] && [ -f "$lm" ]; then
     tune_set=$(echo $eval_sets | cut -d' ' -f1)
-    units=(--units chars)
+    units=(--units chars); [ "$words" != "$lm" ] && units+=(--lexicon "$words")
     if [ "$phones" = 1 ]; then
       # The phone head decodes through a pronunciation lexicon of the LM's words: espeak-ng's
       # readings and CMUdict's (LibriSpeech's official lexicon when stage 1 fetched it), built
@@ -116,9 +143,9 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
       lexicon=$data/lm/$(basename "${lm%%.arpa*}").lexicon.txt
       cmudict=(); official_lexicon=$data/lm/librispeech-lexicon.txt
       [ -z "$data_dir" ] && [ -f $official_lexicon ] && cmudict=(--cmudict $official_lexicon)
-      [ -f "$lexicon" ] || asr lm pronounce "$lm" "$lexicon" --source both "${cmudict[@]}" \
+      [ -f "$lexicon" ] || asr lm pronounce "$words" "$lexicon" --source both "${cmudict[@]}" \
         || echo "warning: could not write $lexicon; tuning the characters only" >&2
-      [ -f "$lexicon" ] && units=(--units chars,phones --phone-lexicon "$lexicon")
+      [ -f "$lexicon" ] && units=(--units chars,phones --phone-lexicon "$lexicon" "${units[@]:2}")
     fi
     # Each output tuned on the same grid; the one better held out by speaker is stored beside the
     # model: `asr transcribe`/`evaluate`/`serve` decode with it from now on.
