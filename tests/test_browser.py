@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import jiwer
@@ -128,16 +129,16 @@ def phrase_checkpoint(tmp_path_factory: pytest.TempPathFactory, phrase_audio: di
     return checkpoint
 
 
-@pytest.fixture(scope="module")
-def server(phrase_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+@contextmanager
+def asr_serve(checkpoint: Path, folder: Path, environment: dict[str, str] | None = None):
     """`asr serve` on a free loopback port; its URL. Always stopped afterwards."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    log_path = folder / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "asr", "serve", str(phrase_checkpoint), "--host", "127.0.0.1",
+            [sys.executable, "-m", "asr", "serve", str(checkpoint), "--host", "127.0.0.1",
              "--port", str(port), "--model-name", MODEL_NAME],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(environment or {})},
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -150,6 +151,12 @@ def server(phrase_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def server(phrase_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    with asr_serve(phrase_checkpoint, tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -353,6 +360,42 @@ def test_errors_are_told_in_words(server: str, playwright, phrase_audio) -> None
         browser.close()
 
 
+def test_the_page_asks_for_the_api_key_once(phrase_checkpoint: Path, playwright, phrase_audio, tmp_path) -> None:
+    """A server with ASR_API_KEY: the page asks for the key, says so when it is wrong, then
+    transcribes and opens live mode with it, and keeps it for the tab (sessionStorage)."""
+    key = "page-test-key"
+    browser = launch(playwright, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                     f"--use-file-for-fake-audio-capture={phrase_audio['microphone']}")
+    try:
+        with asr_serve(phrase_checkpoint, tmp_path, {"ASR_API_KEY": key}) as url:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            page.wait_for_selector("#key-card:not([hidden])")
+            assert "needs its API key" in page.text_content("#key-reason")
+            page.fill("#key-input", "wrong")
+            page.click("#key-submit")
+            page.wait_for_function("document.querySelector('#key-reason').textContent.includes('did not accept')")
+            page.wait_for_selector("#key-card:not([hidden])")
+            page.fill("#key-input", key)
+            page.click("#key-submit")
+            page.wait_for_function(f"document.querySelector('#model-name').textContent === {MODEL_NAME!r}")
+            assert page.is_hidden("#key-card")
+            assert upload(page, phrase_audio["upload"])  # the upload carried the key
+            page.click("#live-start")  # and the live socket's start message
+            page.wait_for_function("document.querySelector('#live-status').textContent.startsWith('Listening')")
+            page.click("#live-stop")
+            page.wait_for_function("document.querySelector('#live-status').textContent === 'Stopped.'")
+            page.reload()  # the tab keeps the key: no second question
+            page.wait_for_function(f"document.querySelector('#model-name').textContent === {MODEL_NAME!r}")
+            assert page.is_hidden("#key-card") and page.evaluate("sessionStorage.getItem('asr-api-key')") == key
+            assert error_text(page) is None and errors == []
+    finally:
+        browser.close()
+
+
 def save_screenshot(page, path: Path) -> None:
     """The page down to the second row of figures: the README's picture of it."""
     page.evaluate("document.querySelector('#player').pause()")
@@ -363,3 +406,39 @@ def save_screenshot(page, path: Path) -> None:
         return Math.ceil(last.getBoundingClientRect().bottom + window.scrollY + 12);
     }""")
     page.screenshot(path=str(path), full_page=True, clip={"x": 0, "y": 0, "width": 1200, "height": bottom})
+
+
+def test_evaluation_report_renders_from_the_file(playwright, tmp_path) -> None:
+    """``asr evaluate --html``'s page (asr/scoring/html_report.py), opened as a file: its tables,
+    plot and coloured errors show, and it asks for nothing beyond itself."""
+    pytest.importorskip("matplotlib")
+    from asr.scoring.evaluate import EvaluationReport
+    from asr.scoring.html_report import write_html_report
+    from asr.scoring.metrics import score_utterances
+
+    references = ["open the door", "close the window", "turn on the light", "play the music"]
+    hypotheses = ["open a door", "close window", "turn on the light now", "play the music"]
+    scores = score_utterances(["u1", "u2", "u3", "u4"], references, hypotheses)
+    report = EvaluationReport(scores, audio_seconds=7.8, speakers=["a", "a", "b", "b"], durations=[1.5, 2.0, 2.5, 1.8])
+    path = tmp_path / "report.html"
+    write_html_report(path, report, "espeak-commands on test.jsonl")
+    browser = launch(playwright)
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(path.as_uri())
+        assert page.locator("table").first.is_visible() and page.locator("table").count() >= 5
+        width = page.eval_on_selector("img.plot", "image => image.decode().then(() => image.naturalWidth)")
+        assert width > 300 and page.is_visible("img.plot")
+        colours = page.eval_on_selector_all(".alignment .pair.substitute, .alignment .pair.delete, "
+                                            ".alignment .pair.insert",
+                                            "spans => spans.map(span => getComputedStyle(span).backgroundColor)")
+        assert len(colours) == 3 and "rgba(0, 0, 0, 0)" not in colours, colours  # the->a, the deleted, now
+        assert all(url.startswith(("file:", "data:")) for url in requested), requested
+        assert errors == []
+    finally:
+        browser.close()

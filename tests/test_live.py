@@ -134,7 +134,8 @@ def pcm(samples: np.ndarray) -> bytes:
 
 @pytest.fixture()
 def client(recognizer, tmp_path: Path) -> TestClient:
-    return TestClient(create_app(recognizer, ServerOptions(temp_dir=str(tmp_path), max_live=2)))
+    return TestClient(create_app(recognizer, ServerOptions(temp_dir=str(tmp_path), max_live=2,
+                                                           allowed_hosts=("testserver",))))  # TestClient's Host
 
 
 def run_stream(client: TestClient, samples: np.ndarray, rate: int = SAMPLE_RATE, piece: int = 1600) -> list[dict]:
@@ -237,7 +238,8 @@ def test_a_streaming_model_streams_over_the_websocket_too(stream, tmp_path: Path
 
     samples, _ = stream
     streaming = recognizer_for("latency_controlled")
-    with TestClient(create_app(streaming, ServerOptions(temp_dir=str(tmp_path), max_live=1))) as client:
+    with TestClient(create_app(streaming, ServerOptions(temp_dir=str(tmp_path), max_live=1,
+                                                        allowed_hosts=("testserver",)))) as client:
         assert client.get("/api/info").json()["live"]["streaming"] is True
         messages = run_stream(client, samples)
     assert messages[0]["type"] == "ready" and messages[0]["streaming"] is True

@@ -33,7 +33,8 @@ def spool(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def client(recognizer, spool: Path) -> TestClient:
-    return TestClient(create_app(recognizer, ServerOptions(temp_dir=str(spool), model_name="tiny")))
+    return TestClient(create_app(recognizer, ServerOptions(temp_dir=str(spool), model_name="tiny",
+                                                           allowed_hosts=("testserver",))))  # TestClient's Host
 
 
 def wav(path: Path, samples: np.ndarray) -> Path:
@@ -89,7 +90,8 @@ def test_transcribe_refuses_what_is_not_audio(client: TestClient, tmp_path: Path
 
 
 def test_transcribe_over_the_limit_is_413(recognizer, spool: Path, tmp_path: Path) -> None:
-    client = TestClient(create_app(recognizer, ServerOptions(temp_dir=str(spool), max_upload_mb=0.01)))
+    client = TestClient(create_app(recognizer, ServerOptions(temp_dir=str(spool), max_upload_mb=0.01,
+                                                             allowed_hosts=("testserver",))))
     path = wav(tmp_path / "long.wav", np.zeros(SAMPLE_RATE, dtype=np.float32))
     response = upload(client, "/api/transcribe", path)
     assert response.status_code == 413 and "0.01 MB" in response.json()["error"]["message"]

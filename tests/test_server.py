@@ -41,8 +41,12 @@ def spool(tmp_path: Path) -> Path:
     return folder
 
 
+TEST_HOSTS = ("testserver",)  # the Host TestClient sends: allowed as --allow-host would
+
+
 def client_for(recognizer, spool: Path, **options) -> TestClient:
-    return TestClient(create_app(recognizer, ServerOptions(temp_dir=str(spool), model_name="tiny", **options)))
+    return TestClient(create_app(recognizer, ServerOptions(temp_dir=str(spool), model_name="tiny",
+                                                           allowed_hosts=TEST_HOSTS, **options)))
 
 
 def post(client: TestClient, audio: bytes, **form):
@@ -167,13 +171,31 @@ def test_bad_input_is_400_and_the_server_keeps_serving(recognizer, wav_bytes: by
     assert not list(spool.iterdir())
 
 
+class FileEvent:
+    """threading.Event's set and wait, across processes (recognition runs in a worker process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def set(self) -> None:
+        self.path.touch()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.path.exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+
 class BlockingRecognizer:
     """Wraps a recognizer; each transcription waits until released, so a test holds the worker."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner, folder: Path) -> None:
         self.inner = inner
-        self.started = threading.Event()
-        self.release = threading.Event()
+        self.started = FileEvent(folder / "started")
+        self.release = FileEvent(folder / "release")
 
     def transcribe(self, paths):
         self.started.set()
@@ -183,7 +205,7 @@ class BlockingRecognizer:
 
 @pytest.mark.parametrize("max_queue", [0, 1])
 def test_full_queue_is_503_with_retry_after(recognizer, wav_bytes: bytes, spool: Path, max_queue: int) -> None:
-    blocking = BlockingRecognizer(recognizer)
+    blocking = BlockingRecognizer(recognizer, spool.parent)
     with client_for(blocking, spool, max_queue=max_queue, retry_after_s=7) as client:
         results: list = []
         first = threading.Thread(target=lambda: results.append(post(client, wav_bytes)))
@@ -216,6 +238,7 @@ def test_exposure_warning() -> None:
     assert exposure_warning("localhost") is None and exposure_warning("127.0.0.2") is None
     for host in ("0.0.0.0", "::", "192.168.1.5", "example.org"):
         assert "anyone who can reach" in exposure_warning(host)
+        assert exposure_warning(host, has_key=True) is None  # the key guards it
 
 
 def test_cli_serve_warns_off_loopback(trained_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -228,7 +251,7 @@ def test_cli_serve_warns_off_loopback(trained_checkpoint: Path, monkeypatch: pyt
     assert "anyone who can reach this address can use the server" in capsys.readouterr().err
     app, host, port = served[0]
     assert (host, port) == ("0.0.0.0", 8123)
-    assert TestClient(app).get("/v1/models").json()["data"][0]["id"] == "best.pt"
+    assert TestClient(app, base_url="http://127.0.0.1").get("/v1/models").json()["data"][0]["id"] == "best.pt"
 
     assert main(["serve", str(trained_checkpoint), "--max-queue", "2"]) == 0
     assert "anyone" not in capsys.readouterr().err
@@ -263,7 +286,7 @@ def test_upload_over_the_limit_is_cut_off(recognizer, wav_bytes: bytes, spool: P
     app = create_app(recognizer, ServerOptions(temp_dir=str(spool), max_upload_mb=0.01))
     with running_server(app) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-            conn.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            conn.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
                          b"Content-Type: multipart/form-data; boundary=zz\r\n\r\n")
             head = b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
             conn.sendall(b"%x\r\n%s\r\n" % (len(head), head))
@@ -288,7 +311,7 @@ def test_upload_over_the_limit_is_cut_off(recognizer, wav_bytes: bytes, spool: P
             assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
             assert sent < 200, f"sent {sent} chunks of 64 KiB before the 413"
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:  # still serving
-            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             assert conn.recv(65536).startswith(b"HTTP/1.1 200")
     assert not list(spool.iterdir())
 
@@ -336,7 +359,8 @@ class FailingRecognizer:
 
 
 def test_a_crash_in_recognition_is_500_and_the_server_goes_on(recognizer, wav_bytes: bytes, spool: Path) -> None:
-    app = create_app(FailingRecognizer(recognizer), ServerOptions(temp_dir=str(spool), max_queue=0))
+    app = create_app(FailingRecognizer(recognizer), ServerOptions(temp_dir=str(spool), max_queue=0,
+                                                                  allowed_hosts=TEST_HOSTS))
     with TestClient(app, raise_server_exceptions=False) as client:
         crashed = post(client, wav_bytes)
         assert crashed.status_code == 500 and "boom" in crashed.json()["error"]["message"]

@@ -78,6 +78,26 @@ class SpeechRecognizer:
         self.precision = "fp32"  # bf16: the acoustic model runs under bf16 autocast
         self.decoding_problem: str | None = None  # why the asked-for decoding fell back to greedy
         self.units = "chars"  # the output emissions come from: chars, or the phone head (phone decoding)
+        self._parallel: ParallelDecoder | None = None  # beam search workers, kept across transcribe() calls
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_parallel": None}  # a worker process gets the recognizer, not its pool
+
+    def close(self) -> None:
+        """Stop the beam search worker processes (they also end with this process)."""
+        if self._parallel is not None:
+            self._parallel.__exit__(None, None, None)
+            self._parallel = None
+
+    def _decoder_pool(self) -> ParallelDecoder:
+        """The beam search workers for the current decoder, started once and kept: a batch run
+        that transcribes group after group (asr/inference/batch.py) starts them, and loads the
+        LM in each, once. Greedy decoding is too cheap to ship to worker processes."""
+        workers = self.workers if isinstance(self.decoder, BeamSearchDecoder) else 1
+        if self._parallel is None or self._parallel.decoder is not self.decoder or self._parallel.workers != workers:
+            self.close()
+            self._parallel = ParallelDecoder(self.decoder, workers)
+        return self._parallel
 
     @property
     def sample_rate(self) -> int:
@@ -211,24 +231,22 @@ class SpeechRecognizer:
         """
         paths = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]  # never a str's letters
         results: list[Transcription | None] = [None] * len(paths)
-        # Greedy decoding is too cheap to ship to worker processes.
-        workers = self.workers if isinstance(self.decoder, BeamSearchDecoder) else 1
-        with ParallelDecoder(self.decoder, workers) as decoder:
-            group: list[tuple[int, str, torch.Tensor, tuple[str, ...]]] = []
-            group_samples = 0
-            for index, path in enumerate(paths):
-                try:
-                    audio = read_audio(path, self.sample_rate)
-                except AudioError as err:
-                    results[index] = Transcription(path, error=err.reason)
-                    continue
-                group.append((index, path, torch.from_numpy(audio.samples), audio.warnings))
-                group_samples += len(audio.samples)
-                if len(group) >= FILES_PER_GROUP or group_samples >= GROUP_SECONDS * self.sample_rate:
-                    self._recognize_group(group, results, decoder)
-                    group, group_samples = [], 0
-            if group:
+        decoder = self._decoder_pool()
+        group: list[tuple[int, str, torch.Tensor, tuple[str, ...]]] = []
+        group_samples = 0
+        for index, path in enumerate(paths):
+            try:
+                audio = read_audio(path, self.sample_rate)
+            except AudioError as err:
+                results[index] = Transcription(path, error=err.reason)
+                continue
+            group.append((index, path, torch.from_numpy(audio.samples), audio.warnings))
+            group_samples += len(audio.samples)
+            if len(group) >= FILES_PER_GROUP or group_samples >= GROUP_SECONDS * self.sample_rate:
                 self._recognize_group(group, results, decoder)
+                group, group_samples = [], 0
+        if group:
+            self._recognize_group(group, results, decoder)
         return results  # type: ignore[return-value]  (every slot is filled)
 
     def transcribe_samples(self, samples: np.ndarray, name: str = "<samples>") -> Transcription:

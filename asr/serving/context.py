@@ -2,9 +2,11 @@
 
 Uploads are streamed to a temporary file in chunks and cut off at the size limit; the
 file's name is ours (never the client's) and it is removed whatever happens. Recognition
-runs in a small thread pool, so the event loop never blocks; a request needs a slot (running
-or waiting) from the moment it arrives, so at most ``workers + max_queue`` uploads are on
-disk at once and any more get 503 with Retry-After before their body is read.
+runs in worker processes (asr/serving/worker.py), each driven by a thread of a small pool, so
+the event loop never blocks and a recognition past ``request_timeout_s`` is killed (504); a
+request needs a slot (running or waiting) from the moment it arrives, so at most ``workers +
+max_queue`` uploads are on disk at once and any more get 503 with Retry-After before their
+body is read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, TypeVar
 
 from fastapi import Request
@@ -23,7 +25,9 @@ from fastapi.responses import JSONResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
+from asr.data.audio import AudioError, audio_duration
 from asr.inference.recognizer import SpeechRecognizer
+from asr.serving.worker import RecognitionTimeout, RecognitionWorkers, WorkerUnavailable
 
 T = TypeVar("T")
 FORM_FIELDS_BYTES = 64 * 1024  # room for the form's other fields and multipart framing beside the file
@@ -34,14 +38,24 @@ MAX_FIELD_BYTES = 4096  # one non-file form field (model, response_format, ...)
 class ServerOptions:
     max_upload_mb: float = 200.0  # largest accepted audio file, in MiB (413 above)
     max_queue: int = 8  # requests that may wait for a worker; more get 503
-    # Recognitions at once. One: torch already uses every core for one, and a recognizer's
-    # decoder (flashlight's beam search) is not known to be safe to share between threads.
+    # Recognitions at once, each upload's in a worker process holding its own copy of the model
+    # (asr/serving/worker.py). One: torch already uses every core for one.
     workers: int = 1
+    request_timeout_s: float | None = 300.0  # longest one upload's recognition may run (504, worker killed); None: no limit
     model_name: str = "asr"  # the id /v1/models reports; any `model` a client sends is accepted
     temp_dir: str | None = None  # where uploads are spooled (None: the system's temporary folder)
     retry_after_s: int = 5  # the Retry-After a 503 suggests
     max_live: int = 4  # live microphone streams at once (each re-decodes its open segment twice a second)
     low_confidence: float = 0.5  # the page marks words whose confidence is below this
+    # Time limits, so that no client holds a slot for ever (issue 33).
+    max_audio_seconds: float = 2 * 60 * 60  # longest audio, from its header before decoding (413); a live session's too
+    min_upload_rate: float = 10_000  # bytes/s an upload must average once upload_grace_s is over (408); 0: none
+    upload_grace_s: float = 10.0  # an upload's first seconds, in which any rate is fine (slow starts, tiny files)
+    live_idle_s: float = 30.0  # a live session that sends nothing for this long is closed
+    # Access (asr/serving/access.py).
+    api_key: str | None = field(default=None, repr=False)  # needed as "Authorization: Bearer KEY"; None: open
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides localhost, 127.0.0.1, [::1] ("*": any)
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may use the API (CORS), e.g. https://app.example.com
 
     @property
     def max_upload_bytes(self) -> int:
@@ -145,6 +159,9 @@ class _FormReader:
             self.filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
             if self.files > 1:
                 raise ApiError(400, "send one 'file' per request", "invalid_request", param="file")
+        elif b"filename" in disposition:  # a file under another name (curl -F audio=@x.wav): say which field
+            raise ApiError(400, f"no 'file' field in the form: the file came as field {self.name!r}; "
+                           "send the audio as multipart field 'file'", "invalid_request", param="file")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.is_file:
@@ -183,30 +200,63 @@ async def receive_upload(request: Request, options: ServerOptions) -> Upload:
     audio = os.fdopen(fd, "wb")
     form = _FormReader(audio, limit, mb)
     parser = MultipartParser(params[b"boundary"], form.callbacks())
-    received = 0
     try:
         try:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > body_limit:  # no Content-Length (chunked), or it lied
-                    raise ApiError(413, f"the upload is larger than the limit of {mb}", "file_too_large", param="file")
-                parser.write(chunk)
+            await _read_body(request, parser, options, body_limit, mb)
             parser.finalize()
         finally:
             audio.close()
-    except ApiError:
+    except (ApiError, ClientDisconnect, asyncio.CancelledError):  # cancelled: the server is shutting down
         _remove(path)
         raise
-    except ClientDisconnect:
+    except TimeoutError as err:  # a trickle holds a slot that others wait for: it loses it
         _remove(path)
-        raise
+        raise ApiError(408, f"the upload arrived slower than {options.min_upload_rate:g} bytes/s; the server "
+                       "stopped waiting for it", "upload_too_slow", param="file",
+                       headers={"Connection": "close"}) from err
     except Exception as err:  # python_multipart's parse errors, and anything else about the body
         _remove(path)
         raise ApiError(400, f"malformed multipart body: {err}", "invalid_request") from err
     if form.files == 0:
         _remove(path)
         return Upload(None, 0, form.fields)
-    return Upload(path, form.file_size, form.fields, _label(form.filename))
+    upload = Upload(path, form.file_size, form.fields, _label(form.filename))
+    await _check_duration(upload, options)
+    return upload
+
+
+async def _read_body(request: Request, parser: MultipartParser, options: ServerOptions,
+                     body_limit: int, mb: str) -> None:
+    """Feed the body to ``parser``: 413 past ``body_limit``, TimeoutError as soon as it has
+    arrived slower than ``options.min_upload_rate`` on average since the grace period began."""
+    rate = options.min_upload_rate
+    began = asyncio.get_running_loop().time()
+    received = 0
+
+    def deadline() -> float | None:  # when the average falls below the rate, should nothing more come
+        return began + options.upload_grace_s + received / rate if rate > 0 else None
+
+    async with asyncio.timeout(deadline()) as timer:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:  # no Content-Length (chunked), or it lied
+                raise ApiError(413, f"the upload is larger than the limit of {mb}", "file_too_large", param="file")
+            parser.write(chunk)
+            timer.reschedule(deadline())
+
+
+async def _check_duration(upload: Upload, options: ServerOptions) -> None:
+    """413 for audio longer than ``options.max_audio_seconds`` by its header, before anything
+    decodes it (an 89 KB FLAC can hold 30 min of silence). A header soundfile cannot read is
+    left to the recognizer, which says why; the file is removed on refusal."""
+    try:
+        seconds = await asyncio.to_thread(audio_duration, upload.path)  # a header read: off the event loop
+    except AudioError:
+        return
+    if seconds > options.max_audio_seconds:
+        _remove(upload.path)
+        raise ApiError(413, f"the audio is {seconds:,.0f} s long by its header; the limit is "
+                       f"{options.max_audio_seconds:g} s", "audio_too_long", param="file")
 
 
 def _label(filename: str) -> str:
@@ -216,29 +266,24 @@ def _label(filename: str) -> str:
     return name or "upload"
 
 
-def _run_and_release(work: Callable[[Upload], T], upload: Upload, slots: Slots) -> T:
-    """Runs in the pool; removes the upload and frees the slot even if the client is gone."""
-    try:
-        return work(upload)
-    finally:
-        _remove(upload.path)
-        slots.release()
-
-
 @dataclass
 class ServerContext:
     """What the routes of the API, the page and live mode share."""
 
-    recognizer: SpeechRecognizer
+    recognizer: SpeechRecognizer  # this process's copy: live mode, and what the page is told of the model
     options: ServerOptions
-    pool: ThreadPoolExecutor  # every recognition runs here (one worker: see ServerOptions.workers)
+    # ``workers`` threads: each drives a recognition worker process, or decodes live audio (in
+    # this process: a live decode covers one segment, at most a window long), one at a time.
+    pool: ThreadPoolExecutor
     slots: Slots  # uploads admitted: running, waiting, or still arriving
+    recognition: RecognitionWorkers  # the processes uploads are recognised in
 
-    async def run_upload(self, request: Request, work: Callable[[Upload], T],
+    async def run_upload(self, request: Request, work: Callable[[SpeechRecognizer, Upload], T],
                          check: Callable[[Upload], None] | None = None) -> tuple[Upload, T]:
         """Admit a request (503 when full), spool its ``file`` (413 past the limit), let
-        ``check`` refuse its form fields, and run ``work(upload)`` in the pool. The upload is
-        removed and the slot freed whatever happens, also when the client goes away."""
+        ``check`` refuse its form fields, and run ``work(recognizer, upload)`` in a recognition
+        worker (a module-level function: it is sent by name). The upload is removed and the
+        slot freed whatever happens, also when the client goes away."""
         if not self.slots.try_acquire():  # before reading the body: a busy server spends nothing on it
             raise ApiError(503, f"the server is busy ({self.slots.capacity} requests running or waiting); "
                            "retry later", "server_busy", "server_error",
@@ -252,13 +297,39 @@ class ServerContext:
                                "invalid_request", param="file")
             if check is not None:
                 check(upload)
-            future = self.pool.submit(_run_and_release, work, upload, self.slots)
+            future = self.pool.submit(self._recognize, work, upload)
             handed_off = True
             return upload, await asyncio.wrap_future(future)
         finally:
             if not handed_off:
                 _remove(upload.path if upload else None)
                 self.slots.release()
+
+    def _recognize(self, work: Callable[[SpeechRecognizer, Upload], T], upload: Upload) -> T:
+        """In the pool: ``work`` in a recognition worker, past the time limit killed (504). The
+        upload is removed and the slot freed whatever happens, also when the client is gone."""
+        try:
+            return self.recognition.call(work, upload)
+        except RecognitionTimeout as err:
+            raise ApiError(504, f"the recognition ran longer than this server's limit of {err.limit_s:g} s "
+                           "(asr serve --request-timeout) and was stopped", "request_timeout", "server_error") from None
+        except WorkerUnavailable as err:  # shutting down, or the worker died (a new one is starting)
+            raise ApiError(503, str(err), "server_unavailable", "server_error",
+                           headers={"Retry-After": str(self.options.retry_after_s)}) from None
+        finally:
+            _remove(upload.path)
+            self.slots.release()
+
+    def stop(self) -> None:
+        """Shutting down (SIGTERM, SIGINT): running recognitions are killed and answered 503, as are
+        the waiting ones when their turn comes. Takes no lock: uvicorn's signal handler calls it."""
+        self.recognition.stop()
+
+    def close(self) -> None:
+        """The end: :meth:`stop`, idle workers let go, the pool's queued work done (failing
+        fast; each removes its upload)."""
+        self.recognition.close()
+        self.pool.shutdown(wait=True)
 
 
 def audio_error(upload: Upload, reason: str | None) -> ApiError:

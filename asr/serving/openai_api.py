@@ -4,6 +4,12 @@
 | vtt | verbose_json; ``timestamp_granularities[]=word``) and ``GET /v1/models``, so the
 ``openai`` package and curl work with ``base_url`` pointed here. Uploads are spooled, limited
 and queued by :class:`asr.serving.context.ServerContext`.
+
+OpenAI's other fields are accepted and ignored, as they mean nothing to a CTC model: ``model``
+(any name; the server has one model), ``prompt`` (no language-model context to prime: a beam
+search's word LM is fixed when the server starts), ``temperature`` (decoding is greedy or a
+beam search, never sampled), ``chunking_strategy`` and ``include[]``. ``stream=true`` gets
+400: the answer comes whole, and a client asking for server-sent events would not parse it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from asr.inference.results import Transcription
 from asr.inference.writers import render, subtitle_cues, word_record
 from asr.serving.context import ApiError, ServerContext, Upload, audio_error, error_response
+from asr.serving.worker import transcribe_upload
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
@@ -78,6 +85,9 @@ def _form_options(upload: Upload) -> tuple[str, list[str]]:
     if unknown:
         raise ApiError(400, f"timestamp_granularities {unknown[0]!r} is not one of word, segment",
                        "invalid_value", param="timestamp_granularities")
+    if _field(upload.fields, "stream", "false").lower() not in ("false", "0", ""):
+        raise ApiError(400, "stream=true is not supported: the transcription comes as one answer; "
+                       "leave stream out or send stream=false", "unsupported_value", param="stream")
     language = _field(upload.fields, "language", "en").lower()
     if language not in ("en", "english", ""):
         raise ApiError(400, f"language {language!r} is not supported; this model transcribes English (en)",
@@ -86,7 +96,7 @@ def _form_options(upload: Upload) -> tuple[str, list[str]]:
 
 
 def add_openai_routes(app: FastAPI, context: ServerContext) -> None:
-    recognizer, options = context.recognizer, context.options
+    options = context.options
     created = int(time.time())
 
     def model_card() -> dict:
@@ -105,13 +115,16 @@ def add_openai_routes(app: FastAPI, context: ServerContext) -> None:
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:
+        """OpenAI's transcription endpoint: multipart ``file``, ``response_format``,
+        ``timestamp_granularities[]``, ``language`` (English only). ``model``, ``prompt``,
+        ``temperature``, ``chunking_strategy`` and ``include[]`` are accepted and ignored (a CTC
+        model has no prompt and does not sample); ``stream=true`` is refused with 400."""
         form: dict[str, Any] = {}
 
         def check(upload: Upload) -> None:  # before the work is queued: a bad form costs no recognition
             form["response_format"], form["granularities"] = _form_options(upload)
 
-        upload, result = await context.run_upload(
-            request, lambda upload: recognizer.transcribe([upload.path])[0], check)
+        upload, result = await context.run_upload(request, transcribe_upload, check)
         if not result.ok:
             raise audio_error(upload, result.error)
         return format_result(result, form["response_format"], form["granularities"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import importlib.util
 import tempfile
 from pathlib import Path
@@ -20,12 +21,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from asr.decoding.settings import DecodingSettings
 from asr.errors import AsrError
 from asr.inference.live import LiveOptions
+from asr.inference.recognizer import SpeechRecognizer
 from asr.inference.writers import EXTENSIONS, json_record, render
 from asr.inspect.figures import write_figures  # loads matplotlib only when it draws
 from asr.inspect.gates import MAX_INSPECT_SECONDS, GatesUnavailableError, check_lstm_model, trace_file
 from asr.serving.context import ApiError, ServerContext, Upload, audio_error
+from asr.serving.worker import transcribe_upload
 
 WEB_FOLDER = Path(__file__).with_name("web")
 
@@ -39,6 +43,16 @@ def inspect_unavailable(context: ServerContext) -> str | None:
     if importlib.util.find_spec("matplotlib") is None:
         return "the figures need matplotlib: pip install 'lstm-asr[inspect]'"
     return None
+
+
+def public_decoding(settings: DecodingSettings) -> str:
+    """How the server decodes, naming the LM and lexicon by file name only: the page (and
+    whoever asks) has no business with this machine's folders."""
+    text = settings.describe()
+    for file in (settings.lm, settings.lexicon):
+        if file:
+            text = text.replace(str(file), Path(file).name)
+    return text
 
 
 def add_page_routes(app: FastAPI, context: ServerContext, live: LiveOptions) -> None:
@@ -57,7 +71,8 @@ def add_page_routes(app: FastAPI, context: ServerContext, live: LiveOptions) -> 
             "sample_rate": recognizer.sample_rate,
             "max_upload_mb": options.max_upload_mb,
             "low_confidence": options.low_confidence,
-            "decoding": recognizer.decoding.describe(),
+            "decoding": public_decoding(recognizer.decoding),
+            "max_audio_seconds": options.max_audio_seconds,
             "live": {"available": options.max_live > 0, "streaming": recognizer.streams,
                      "interim_interval_s": live.interim_interval_s, "pause_seconds": live.pause_seconds},
             "inspect": {"available": unavailable is None, "reason": unavailable, "max_seconds": MAX_INSPECT_SECONDS},
@@ -65,7 +80,7 @@ def add_page_routes(app: FastAPI, context: ServerContext, live: LiveOptions) -> 
 
     @app.post("/api/transcribe")
     async def transcribe(request: Request) -> JSONResponse:
-        upload, result = await context.run_upload(request, lambda upload: recognizer.transcribe([upload.path])[0])
+        upload, result = await context.run_upload(request, transcribe_upload)
         if not result.ok:
             raise audio_error(upload, result.error)
         result = dataclasses.replace(result, path=upload.filename)  # the client's name, not our spool file
@@ -78,21 +93,21 @@ def add_page_routes(app: FastAPI, context: ServerContext, live: LiveOptions) -> 
         unavailable = inspect_unavailable(context)
         if unavailable is not None:
             raise ApiError(501 if "matplotlib" in unavailable else 400, unavailable, "inspect_unavailable")
-        upload, outcome = await context.run_upload(request, lambda upload: _inspect(context, upload))
-        if isinstance(outcome, AsrError):  # unreadable, or longer than inspect shows
-            raise ApiError(400, str(outcome).replace(str(upload.path), upload.filename), "invalid_audio", param="file")
+        upload, outcome = await context.run_upload(request, functools.partial(_inspect, temp_dir=options.temp_dir))
+        if isinstance(outcome, str):  # unreadable, or longer than inspect shows
+            raise ApiError(400, outcome.replace(str(upload.path), upload.filename), "invalid_audio", param="file")
         return JSONResponse(outcome)
 
 
-def _inspect(context: ServerContext, upload: Upload) -> dict | AsrError:
-    """In the pool: trace the file and draw its figures (matplotlib is not thread-safe, and the
-    pool's single worker keeps it to one thread). Errors about the audio are returned."""
+def _inspect(recognizer: SpeechRecognizer, upload: Upload, temp_dir: str | None) -> dict | str:
+    """In a recognition worker: trace the file and draw its figures (matplotlib is not
+    thread-safe; a worker runs one task at a time). Errors about the audio are returned as text."""
     try:
-        trace = trace_file(context.recognizer, upload.path)
+        trace = trace_file(recognizer, upload.path)
     except AsrError as err:  # unreadable, too long
-        return err
+        return str(err)
     trace = dataclasses.replace(trace, path=upload.filename)  # figure titles name the client's file, not our spool
-    with tempfile.TemporaryDirectory(prefix="asr-inspect-", dir=context.options.temp_dir) as folder:
+    with tempfile.TemporaryDirectory(prefix="asr-inspect-", dir=temp_dir) as folder:
         figures = [{"title": _title(png.stem),
                     "png": "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")}
                    for png in write_figures(trace, folder)]

@@ -1,7 +1,8 @@
 // The page of `asr serve`: upload or record audio, read the timed transcript, follow it in the
 // player, download it, transcribe the microphone live over a WebSocket, and look inside the
 // network. Plain ES2020, no libraries, no build step. The server's contract: asr/serving/page_api.py
-// (POST /api/transcribe, /api/inspect, GET /api/info) and asr/serving/live_socket.py (/api/live).
+// (POST /api/transcribe, /api/inspect, GET /api/info) and asr/serving/live_socket.py (/api/live);
+// a server with an API key wants it as asr/serving/access.py says.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
@@ -15,6 +16,7 @@ const state = {
   busy: false, // an upload is running
   recorder: null, // the microphone while recording: see openMicrophone()
   live: null, // the live session: see startLive()
+  apiKey: undefined, // the server's API key once entered (undefined: not yet read from sessionStorage)
 };
 
 // ---------------------------------------------------------------- messages
@@ -43,7 +45,9 @@ function describeHttpError(status, body, retryAfter) {
       ? `The server is busy; try again in ${seconds} s.`
       : "The server is busy; try again in a few seconds.";
   }
+  if (status === 401) return "The server needs its API key: enter it above.";
   if (status === 413) return sentence(`Too large: ${message || "the file is over the server's upload limit"}`);
+  if (status === 403 || status === 408) return sentence(message || "the server refused this request");
   if (status === 400) return sentence(message || "the server could not use this file");
   if (status === 501) return sentence(message || "the server cannot do this");
   return `The server answered ${status}${message ? ": " + message : ""}.`;
@@ -57,6 +61,61 @@ function sentence(text) {
 
 const NETWORK_ERROR = "Could not reach the server (network error). Is `asr serve` still running?";
 
+// ---------------------------------------------------------------- the API key
+
+// A server started with --api-key wants it on every request. The page asks once and keeps it
+// in sessionStorage: for this tab only, gone when it closes, and only ever sent to this server.
+const KEY_STORAGE = "asr-api-key";
+const KEY_NEEDED = "This server needs its API key (asr serve --api-key or ASR_API_KEY).";
+const KEY_REFUSED = "The server did not accept this key; enter it again.";
+
+function apiKey() {
+  if (state.apiKey === undefined) {
+    try {
+      state.apiKey = sessionStorage.getItem(KEY_STORAGE);
+    } catch (err) {
+      state.apiKey = null; // storage is off: the key lives as long as the page
+    }
+  }
+  return state.apiKey;
+}
+
+function storeKey(key) {
+  state.apiKey = key;
+  try {
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  } catch (err) {
+    // storage is off: kept in this page only
+  }
+}
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+// The server answered 401: forget the key it refused (if any) and show the form.
+function askForKey() {
+  $("#key-reason").textContent = apiKey() ? KEY_REFUSED : KEY_NEEDED;
+  storeKey(null);
+  $("#key-card").hidden = false;
+  $("#key-input").focus();
+}
+
+function wireKeyForm() {
+  $("#key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("#key-input").value.trim();
+    if (!key) return;
+    storeKey(key);
+    $("#key-input").value = "";
+    $("#key-card").hidden = true;
+    clearError();
+    loadInfo(); // tries the key at once: a wrong one brings the form back
+  });
+}
+
 // ---------------------------------------------------------------- uploads
 
 // POST a multipart form with the audio as field "file". XMLHttpRequest, not fetch, because
@@ -68,17 +127,17 @@ function postAudio(url, blob, name, onProgress) {
     const request = new XMLHttpRequest();
     request.open("POST", url);
     request.responseType = "json";
+    Object.entries(authHeaders()).forEach(([header, value]) => request.setRequestHeader(header, value));
     if (onProgress) {
       request.upload.onprogress = (event) => {
         if (event.lengthComputable) onProgress(event.loaded / event.total);
       };
       request.upload.onload = () => onProgress(1);
     }
-    request.onload = () => resolve({
-      status: request.status,
-      body: request.response,
-      retryAfter: request.getResponseHeader("Retry-After"),
-    });
+    request.onload = () => {
+      if (request.status === 401) askForKey();
+      resolve({ status: request.status, body: request.response, retryAfter: request.getResponseHeader("Retry-After") });
+    };
     request.onerror = () => reject(new Error(NETWORK_ERROR));
     request.send(form);
   });
@@ -492,7 +551,9 @@ function openLiveSocket(live) {
   live.done = new Promise((resolve) => { finished = resolve; });
   socket.onopen = () => {
     // The rate the AudioContext really runs at (a browser may not honour 16 kHz): the server resamples.
-    socket.send(JSON.stringify({ type: "start", sample_rate: live.microphone.rate }));
+    const start = { type: "start", sample_rate: live.microphone.rate };
+    if (apiKey()) start.api_key = apiKey(); // browsers cannot put it in a header on a WebSocket
+    socket.send(JSON.stringify(start));
     live.pending.splice(0).forEach(([chunk, capturedAt]) => sendLiveSamples(live, chunk, capturedAt));
     $("#live-stop").disabled = false;
   };
@@ -554,6 +615,7 @@ function onLiveMessage(live, message) {
       break;
     case "error":
       live.failed = true;
+      if (message.code === "invalid_api_key") askForKey();
       showError(`Live transcription stopped: ${message.message}`);
       break;
     case "done":
@@ -700,7 +762,11 @@ function wireDropZone() {
 
 async function loadInfo() {
   try {
-    const response = await fetch("/api/info");
+    const response = await fetch("/api/info", { headers: authHeaders() });
+    if (response.status === 401) {
+      askForKey();
+      return;
+    }
     if (!response.ok) throw new Error(`status ${response.status}`);
     state.info = await response.json();
   } catch (err) {
@@ -710,14 +776,21 @@ async function loadInfo() {
   const info = state.info;
   $("#model-name").textContent = info.model;
   document.title = `asr · ${info.model}`;
-  $("#limits").textContent =
-    `Up to ${info.max_upload_mb} MB per file. The audio is resampled to ${info.sample_rate / 1000} kHz.`;
+  $("#limits").textContent = `Up to ${info.max_upload_mb} MB and ${formatDuration(info.max_audio_seconds)} ` +
+    `per file. The audio is resampled to ${info.sample_rate / 1000} kHz.`;
   $("#low-confidence").textContent = info.low_confidence;
   if (info.live && !info.live.available) {
     $("#live-start").disabled = true;
     setLiveStatus("Live mode is off on this server.");
   }
   updateInspectButton();
+}
+
+// 7200 -> "2 h", 90 -> "1.5 min": the server's limits as a person reads them.
+function formatDuration(seconds) {
+  if (seconds >= 3600) return `${Number((seconds / 3600).toFixed(1))} h`;
+  if (seconds >= 60) return `${Number((seconds / 60).toFixed(1))} min`;
+  return `${seconds} s`;
 }
 
 function main() {
@@ -727,6 +800,7 @@ function main() {
     if (file) loadAudio(file, file.name);
   });
   wireDropZone();
+  wireKeyForm();
   followPlayer();
   $("#record-start").addEventListener("click", startRecording);
   $("#record-stop").addEventListener("click", stopRecording);
