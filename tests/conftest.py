@@ -78,3 +78,13 @@ def wait_for_server(process: subprocess.Popen, url: str, log_path: Path, timeout
         if time.monotonic() > deadline:
             pytest.fail(f"asr serve did not answer /healthz within {timeout:g} s:\n{log_path.read_text()}")
         time.sleep(0.25)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)

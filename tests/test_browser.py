@@ -31,7 +31,7 @@ import soxr
 from asr.data.manifest import Utterance
 from asr.data.manifest import write_manifest
 from tests.conftest import tiny_config
-from conftest import free_port, wait_for_server
+from conftest import free_port, stop_process, wait_for_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e .[dev])")
 
@@ -145,12 +145,7 @@ def asr_serve(checkpoint: Path, folder: Path, environment: dict[str, str] | None
         wait_for_server(process, url, log_path, 90)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

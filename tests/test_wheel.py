@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from conftest import SAMPLE_RATE, free_port, tone_audio, wait_for_server
+from conftest import SAMPLE_RATE, free_port, tone_audio, stop_process, wait_for_server
 
 pytestmark = pytest.mark.slow
 
@@ -182,9 +182,4 @@ def test_serve_from_the_installed_wheel(installed: dict, model: Path, audio: Pat
         assert status == 200, (status, body[:500])
         assert isinstance(json.loads(body)["text"], str)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
