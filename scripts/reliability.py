@@ -1,6 +1,6 @@
-"""Reliability, measured: kill -9 and resume, bad input, fuzzing, throughput on a shared CPU.
+"""Reliability, measured: kill -9 and resume, bad input, fuzzing, throughput on a shared CPU, hostile server clients.
 
-    python scripts/reliability.py [--quick] [--out RELIABILITY.md] [--only kill,bad-input,fuzz,load]
+    python scripts/reliability.py [--quick] [--out RELIABILITY.md] [--only kill,bad-input,fuzz,load,server]
 
 Prints one Markdown table per section and writes them into RELIABILITY.md (a section run
 alone replaces only its own part of the file). Everything runs on self-made data (the tone
@@ -19,12 +19,19 @@ language of asr/data/synthetic.py) in a temporary folder: no network, no ../shar
 - fuzz: tests/test_fuzz.py under its ``long`` hypothesis profile (ASR_FUZZ_PROFILE=long).
 - load: training throughput alone and beside one CPU-bound process, with the thread governor
   (asr/utils/threads.py) off and on. Needs the machine to itself: run it alone.
+- server: a real ``asr serve`` on 127.0.0.1 (a tiny model trained on the spot, beam search, an
+  API key) under hostile but fair clients, each bounded in time: long silence twice, a header
+  that lies about the rate, 30 min of silence, clients trickling 1 byte/s into every slot, one
+  leaving mid-upload, an idle live session, foreign Host and Origin, no or a wrong key, the
+  file under another field, oversized and chunked uploads, SIGTERM while busy. Per kind: held
+  or not; slots recovered, the server's RSS before and after, temporary files left.
 
 ``--quick`` kills fewer times, skips the 3-hour file and the DDP restarts' extra kills.
 
 This file parses the arguments and writes the report; the harnesses are its siblings
 reliability_kill.py, reliability_bad_input.py (cases in reliability_bad_cases.py) and
-reliability_fuzz_load.py, with shared helpers in reliability_common.py.
+reliability_fuzz_load.py and reliability_server.py (clients in reliability_server_cases.py, the
+server process in reliability_server_process.py), with shared helpers in reliability_common.py.
 """
 
 from __future__ import annotations
@@ -45,15 +52,17 @@ from reliability_bad_input import bad_input_table, run_bad_input_section
 from reliability_common import ROOT, say
 from reliability_fuzz_load import load_table, run_fuzz_section, run_load_section
 from reliability_kill import kill_table, run_ddp_kill, run_kill_section
+from reliability_server import run_server_section, server_table
 
 from asr.utils.atomic import atomic_write
 
-SECTIONS = ("kill", "bad-input", "fuzz", "load")
+SECTIONS = ("kill", "bad-input", "fuzz", "load", "server")
 
 
 def merge_report(path: Path, sections: dict[str, str]) -> str:
     """RELIABILITY.md with ``sections`` replaced (or added), the others kept as they were."""
-    titles = {"kill": "kill -9 and resume", "bad-input": "Bad input", "fuzz": "Fuzzing", "load": "Under load"}
+    titles = {"kill": "kill -9 and resume", "bad-input": "Bad input", "fuzz": "Fuzzing", "load": "Under load",
+              "server": "asr serve under hostile clients"}
     existing: dict[str, str] = {}
     if path.exists():
         for block in re.split(r"^## ", path.read_text(), flags=re.MULTILINE)[1:]:
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         if "load" in only:
             figures = run_load_section(folder / "load", args.load_steps, args.load_minutes, args.load_hidden)
             sections["load"] = f"Run {where}.\n\n" + load_table(figures, args.load_steps, args.load_hidden)
+        if "server" in only:
+            sections["server"] = f"Run {where}.\n\n" + server_table(run_server_section(folder / "server"))
     finally:
         if args.keep:
             say(f"kept {folder}")

@@ -41,6 +41,34 @@ def trained_checkpoint(tone_corpus: dict[str, Path], tmp_path_factory: pytest.Te
     return out_dir / "best.pt"
 
 
+# The server and live tests' fixtures: module-scoped as each module had them, so that one
+# module's changes to its recognizer never reach another's.
+@pytest.fixture(scope="module")
+def recognizer(trained_checkpoint: Path):
+    """The trained checkpoint, loaded once per test module."""
+    from asr.inference.recognizer import load_model
+
+    return load_model(trained_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def wav_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A WAV file of the phrase "bad cab" in the tone language, as uploaded."""
+    import soundfile
+
+    path = tmp_path_factory.mktemp("server_audio") / "speech.wav"
+    soundfile.write(path, tone_audio("bad cab"), SAMPLE_RATE)
+    return path.read_bytes()
+
+
+@pytest.fixture()
+def spool(tmp_path: Path) -> Path:
+    """An empty folder for a server's spooled uploads (ServerOptions.temp_dir)."""
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    return folder
+
+
 def write_arpa(path: Path, unigrams: dict[str, float], bigrams: dict[str, float]) -> str:
     """A tiny ARPA bigram model (KenLM needs order >= 2). Values are log10 probabilities."""
     lines = ["\\data\\", f"ngram 1={len(unigrams) + 3}", f"ngram 2={len(bigrams)}", "", "\\1-grams:",

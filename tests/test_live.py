@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,18 +13,12 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from asr.inference.live import LiveOptions, LiveTranscriber
-from asr.inference.recognizer import load_model
 from asr.serving.app import create_app
 from asr.serving.context import ServerOptions
 from tests.conftest import SAMPLE_RATE, tone_audio
 
 PHRASES = ["bad cab", "a dab", "cede a bee"]
 PAUSE = 1.2  # seconds of silence between phrases: longer than LiveOptions.pause_seconds
-
-
-@pytest.fixture(scope="module")
-def recognizer(trained_checkpoint: Path):
-    return load_model(trained_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +35,19 @@ def stream() -> tuple[np.ndarray, list[tuple[float, float]]]:
     return np.concatenate(pieces), spans
 
 
-def feed(transcriber: LiveTranscriber, samples: np.ndarray, seed: int, largest: int = 6000) -> list:
+def feed_only(transcriber: LiveTranscriber, samples: np.ndarray, seed: int, largest: int = 6000) -> list:
+    """``samples`` in pieces of random sizes; the updates, the stream left open."""
     rng = np.random.default_rng(seed)
     updates, position = [], 0
     while position < len(samples):
         size = int(rng.integers(1, largest))
         updates += transcriber.accept(samples[position:position + size])
         position += size
-    return updates + transcriber.finish()
+    return updates
+
+
+def feed(transcriber: LiveTranscriber, samples: np.ndarray, seed: int, largest: int = 6000) -> list:
+    return feed_only(transcriber, samples, seed, largest) + transcriber.finish()
 
 
 def finals(updates: list) -> list:
@@ -117,6 +117,94 @@ def test_speech_without_pauses_is_cut_at_the_window(recognizer) -> None:
     transcriber = LiveTranscriber(recognizer, options=LiveOptions(max_segment_seconds=4.0))
     closed = finals(feed(transcriber, samples, seed=6))
     assert len(closed) >= len(samples) / SAMPLE_RATE / 4.0
+    assert all(f.end - f.start <= 4.0 + 1e-6 for f in closed)
+
+
+def room(seconds: float, seed: int, level: float = 0.003) -> np.ndarray:
+    """A microphone's own noise, its level slowly swaying (about +-3 dB), as a room's does."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    return (rng.normal(0, level, n) * (1 + 0.3 * np.sin(np.linspace(0, 12, n)))).astype(np.float32)
+
+
+def test_room_noise_after_a_microphones_first_zeros_gives_no_final(recognizer) -> None:
+    """Browsers' first microphone buffers are often digital zeros: they are not the room's noise
+    floor, so the room's noise after them is not speech (it gave finals of noise before)."""
+    samples = np.concatenate([np.zeros(SAMPLE_RATE // 2, dtype=np.float32), room(12.0, seed=1)])
+    updates = feed(LiveTranscriber(recognizer), samples, seed=9)
+    assert updates == [], [u.record() for u in updates]
+
+
+def test_a_click_in_the_quiet_gives_no_final(recognizer) -> None:
+    quiet = room(3.0, seed=2)
+    click = np.random.default_rng(3).normal(0, 0.3, SAMPLE_RATE // 50).astype(np.float32)  # 20 ms, loud
+    samples = np.concatenate([quiet, quiet[: len(click)] + click, quiet])
+    assert finals(feed(LiveTranscriber(recognizer), samples, seed=10)) == []
+
+
+class FallsSilent:
+    """The recognizer, but once ``silent`` is set every decode says nothing: a segment that
+    decodes to no words (a cough the model reads as nothing)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.silent = inner, False
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def transcribe_samples(self, samples: np.ndarray, name: str = "<samples>"):
+        result = self.inner.transcribe_samples(samples, name)
+        return dataclasses.replace(result, text="", words=()) if self.silent else result
+
+
+def test_a_segment_without_words_gives_no_final_and_its_interim_is_cleared(recognizer) -> None:
+    phrase = np.concatenate([tone_audio("cede a bee", seed=1), room(0.3, seed=4)])
+    quiet = room(PAUSE, seed=5)
+    speaking = FallsSilent(recognizer)
+    transcriber = LiveTranscriber(speaking, options=LiveOptions(interim_interval_s=0.5))
+    shown = feed_only(transcriber, phrase, seed=11)
+    assert [u for u in shown if u.kind == "interim" and u.text], "the page should have been shown interim text"
+    speaking.silent = True
+    closing = feed_only(transcriber, quiet, seed=12) + transcriber.finish()
+    assert finals(closing) == []
+    assert closing[-1].kind == "interim" and closing[-1].text == "" and closing[-1].segment == shown[-1].segment
+    # The next segment that says something takes the number that was not used.
+    speaking.silent = False
+    again = feed(transcriber, np.concatenate([tone_audio("bad cab"), quiet]), seed=13)
+    assert [f.segment for f in finals(again)] == [shown[-1].segment]
+
+
+def test_a_soft_stretch_inside_speech_is_not_a_pause(recognizer) -> None:
+    """Read speech spans 40 dB: a stretch 20 dB softer than the loudest is still speech (it was
+    cut as a pause at -15 dB, splitting sentences), only the quiet of the room is a pause."""
+    loud, soft = tone_audio("bad cab", seed=1), 0.1 * tone_audio("cede a bee deed", seed=2)  # -20 dB ...
+    soft += room(len(soft) / SAMPLE_RATE, seed=7)  # ... in the same room
+    phrase = np.concatenate([loud, soft, loud])
+    samples = np.concatenate([phrase, room(PAUSE, seed=6)])
+    transcriber = LiveTranscriber(recognizer, options=LiveOptions(max_segment_seconds=10.0))  # no cap in reach
+    closed = finals(feed(transcriber, samples, seed=14))
+    assert len(closed) == 1, [u.record() for u in closed]
+    assert abs(closed[0].speech_end - len(phrase) / SAMPLE_RATE) < 0.15
+
+
+def test_at_the_length_cap_a_segment_is_cut_in_its_longest_pause(recognizer) -> None:
+    """Phrases with pauses too short to end a segment: at the cap the cut goes into a pause
+    between phrases, not between two words of one (where the quietest 100 ms may lie)."""
+    short_pause = 0.3  # under LiveOptions.pause_seconds
+    pieces, gaps, position = [], [], 0
+    for number, text in enumerate(["abba cede dace", "bed deed bad", "cab dab ace", "bee cede dab", "dace abba bed"]):
+        audio = tone_audio(text, seed=number)
+        pause = room(short_pause, seed=20 + number, level=0.0045)  # a breath: no quieter than a gap between words
+        position += len(audio)
+        gaps.append((position / SAMPLE_RATE - 0.1, (position + len(pause)) / SAMPLE_RATE + 0.1))  # tone_audio's own 0.1 s edges
+        pieces += [audio, pause]
+        position += len(pause)
+    samples = np.concatenate(pieces)
+    transcriber = LiveTranscriber(recognizer, options=LiveOptions(max_segment_seconds=4.0))
+    closed = finals(feed(transcriber, samples, seed=15))
+    capped = closed[:-1]  # the last one ends with the stream
+    assert len(capped) >= 2
+    assert all(any(a <= f.end <= b for a, b in gaps) for f in capped), ([f.end for f in capped], gaps)
     assert all(f.end - f.start <= 4.0 + 1e-6 for f in closed)
 
 

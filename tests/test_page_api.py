@@ -12,23 +12,10 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
-from asr.inference.recognizer import load_model
 from asr.inference.writers import render
 from asr.serving.app import create_app
 from asr.serving.context import ServerOptions
 from tests.conftest import SAMPLE_RATE, tone_audio
-
-
-@pytest.fixture(scope="module")
-def recognizer(trained_checkpoint: Path):
-    return load_model(trained_checkpoint)
-
-
-@pytest.fixture()
-def spool(tmp_path: Path) -> Path:
-    folder = tmp_path / "spool"
-    folder.mkdir()
-    return folder
 
 
 @pytest.fixture()

@@ -250,6 +250,26 @@ def test_bad_input_kinds_are_handled_and_no_payload_runs(tmp_path):
     assert not unhandled, unhandled
 
 
+FAST_SERVER_KINDS = (
+    "250 s of digital silence (FLAC) twice, then a good file", "a client that disconnects mid-upload",
+    "Host: evil.example (DNS rebinding)", "POST from a page of another origin", "WebSocket from a page of another origin",
+    "no API key", "live session without the key", "the file under another field name (audio=)",
+    "2 MB upload, chunked (no Content-Length)", "SIGTERM while a recognition runs and an upload is stalled",
+)  # the full section adds the 100 Hz header, 30 min of silence, trickling clients (10 s), an idle live session (30 s)
+
+
+def test_a_real_server_holds_against_hostile_clients(trained_checkpoint, tmp_path):
+    harness = load_harness("reliability_server")
+    report = harness.run_server_section(tmp_path, checkpoint=trained_checkpoint,
+                                        select=lambda case: case.name in FAST_SERVER_KINDS)
+    assert sorted(result.case.name for result in report.results) == sorted(FAST_SERVER_KINDS)
+    not_held = {result.case.name: result.problems for result in report.results if result.problems}
+    assert not not_held, harness.server_table(report)
+    assert all(result.recovered for result in report.results[:-1]) and report.results[-1].recovered is None
+    assert report.spooled_after_cases == []
+    assert report.memory_before[0] > 0 and report.memory_after[1], "the server and its workers measured"
+
+
 def test_the_payload_would_run_if_unpickled(tmp_path):
     """The harness's malicious checkpoints are real: an unsafe load creates the marker."""
     harness = load_harness("reliability_bad_cases")

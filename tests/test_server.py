@@ -14,31 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from asr.inference.recognizer import load_model
 from asr.serving.app import create_app, exposure_warning
 from asr.serving.context import ServerOptions
 from conftest import SAMPLE_RATE, free_port, tone_audio
-
-
-@pytest.fixture(scope="module")
-def recognizer(trained_checkpoint: Path):
-    return load_model(trained_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def wav_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    import soundfile
-
-    path = tmp_path_factory.mktemp("server_audio") / "speech.wav"
-    soundfile.write(path, tone_audio("bad cab"), SAMPLE_RATE)
-    return path.read_bytes()
-
-
-@pytest.fixture()
-def spool(tmp_path: Path) -> Path:
-    folder = tmp_path / "spool"
-    folder.mkdir()
-    return folder
 
 
 TEST_HOSTS = ("testserver",)  # the Host TestClient sends: allowed as --allow-host would

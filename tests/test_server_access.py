@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import soundfile
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 
@@ -16,29 +15,10 @@ from asr.inference.recognizer import load_model
 from asr.serving.access import bound_host_names, normalise_origin, same_origin
 from asr.serving.app import create_app
 from asr.serving.context import ServerOptions
-from tests.conftest import SAMPLE_RATE, tone_audio, write_arpa
+from tests.conftest import SAMPLE_RATE, write_arpa
 
 KEY = "s3cret-key"
 START = {"type": "start", "sample_rate": SAMPLE_RATE}
-
-
-@pytest.fixture(scope="module")
-def recognizer(trained_checkpoint: Path):
-    return load_model(trained_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def wav_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("access_audio") / "speech.wav"
-    soundfile.write(path, tone_audio("bad cab"), SAMPLE_RATE)
-    return path.read_bytes()
-
-
-@pytest.fixture()
-def spool(tmp_path: Path) -> Path:
-    folder = tmp_path / "spool"
-    folder.mkdir()
-    return folder
 
 
 def client_for(recognizer, spool: Path, base_url: str = "http://testserver", **options) -> TestClient:

@@ -177,7 +177,11 @@ def test_sigterm_stops_a_busy_server_within_seconds(trained_checkpoint: Path, tm
             process.send_signal(signal.SIGTERM)
             process.wait(30)
             took = time.monotonic() - began
+            stalled.settimeout(5)
+            stalled_answer = stalled.recv(4096)  # ended by the server with an answer, not a cancelled task
         request.join(60)
+        assert stalled_answer.startswith(b"HTTP/1.1 503"), stalled_answer[:200]
+        assert "Traceback" not in (tmp_path / "serve.log").read_text(errors="replace")
         assert took < 10, f"SIGTERM took {took:.1f} s"  # 3 s of it for the stalled upload
         assert not list(spool.iterdir()), list(spool.iterdir())  # every spooled upload removed
         assert wait_until(lambda: not alive(seen), 10), f"left running: {alive(seen)}"

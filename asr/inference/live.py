@@ -4,9 +4,14 @@ Samples arrive in pieces of any size. The open segment (audio since the last pau
 re-decoded at most every ``interim_interval_s`` of audio, giving interim text; when a pause
 of ``pause_seconds`` follows speech, the segment is decoded a last time and becomes final.
 Pauses are found with the power measure long audio is cut with (:func:`smoothed_power`),
-relative to the segment's own loudness and the stream's noise floor, so a quiet microphone
-and a loud one both work. A segment that reaches the model's window length without a pause
-is cut at its quietest point, as long files are.
+relative to the stream's noise floor (its quietest 100 ms, digital silence aside), so a quiet
+microphone and a loud one both work; read speech spans 40 dB and more, so the segment's own
+loudness only counts far below it. A segment that reaches the longest segment without such a
+pause is cut in its longest shorter pause (the quietest point only when it has none).
+
+A segment that was never ``speech_margin`` over the noise floor for ``min_speech_seconds``
+(a click, the room's own rise and fall) is dropped without a final, as is one that decodes to no words; if the page
+was shown interim text for it, an empty interim clears that.
 
 A bidirectional model needs the whole segment, so each interim decodes the segment again.
 A model that streams (latency-controlled or unidirectional, asr/inference/streaming.py) instead feeds
@@ -32,16 +37,30 @@ from asr.inference.windows import plan_windows, smoothed_power
 from asr.inference.writers import word_record
 
 FRAME_SECONDS = 0.01  # smoothed_power's frame hop
+SMOOTHED_FRAMES = 10  # smoothed_power averages this many frames (100 ms)
 EDGE_FRAMES = 5  # smoothed_power's frames this close to the buffer's ends are averaged with zeros: not judged
 STREAM_SEGMENT_SECONDS = 60.0  # a streaming model's longest live segment (see LiveOptions.max_segment_seconds)
+# 10 ms frames quieter than this are digital silence (a microphone's first buffers, a noise
+# gate), not the room: they never set the noise floor. A floor this low would not move the
+# quiet threshold anyway (it never goes below AUDIBLE_POWER).
+SILENT_FRAME_POWER = AUDIBLE_POWER / 100
+MIN_CUT_PAUSE_FRAMES = 5  # at the length cap, a quiet run of 50 ms (smoothed: ~150 ms of gap) is a pause to cut in
 
 
 @dataclass(frozen=True)
 class LiveOptions:
     interim_interval_s: float = 0.5  # bidirectional: re-decode the open segment after at most this much new audio
     pause_seconds: float = 0.6  # this much quiet after speech ends a segment
-    quiet_ratio: float = 0.03  # quiet: 100 ms power below this share of the segment's loudest (about -15 dB) ...
-    noise_margin: float = 10.0  # ... or below this multiple of the stream's noise floor (10 dB)
+    # Quiet: 100 ms power below this multiple of the stream's noise floor (10 dB) ...
+    noise_margin: float = 10.0
+    # ... or below this share of the segment's loudest (-40 dB: read speech's weak sounds lie
+    # 30 dB under its vowels, so -15 dB cut LibriSpeech sentences at every soft stretch).
+    quiet_ratio: float = 1e-4
+    # A segment is speech if this much of it (100 ms power, so ~0.1 s more than the sound
+    # itself) is this far over the noise floor (20 dB); else it ends without a final: a click,
+    # the room's own rise and fall.
+    speech_margin: float = 100.0
+    min_speech_seconds: float = 0.15
     lead_in_seconds: float = 0.3  # audio kept before speech as the segment's start (models saw pauses in training)
     # Longest segment: None = the recognizer's window_seconds (bidirectional: what it was trained
     # on), or STREAM_SEGMENT_SECONDS for a streaming model, which has no window but must not grow
@@ -75,7 +94,6 @@ class LiveUpdate:
 class _Segment:
     samples: list[np.ndarray] = field(default_factory=list)  # pieces of the open segment, lead-in included
     length: int = 0  # samples in ``samples``
-    interims: int = 0  # interim texts sent for this segment
 
 
 class LiveTranscriber:
@@ -142,14 +160,26 @@ class LiveTranscriber:
             self._segment.samples = [np.concatenate(self._segment.samples)]
         return self._segment.samples[0] if self._segment.samples else np.zeros(0, dtype=np.float32)
 
-    def _speech_frames(self, power: np.ndarray) -> np.ndarray:
-        """Which 10 ms frames are speech: above the segment's quiet level and the noise floor.
-        ``power`` holds only frames whose smoothing window lies inside the buffer."""
-        if len(power):
-            self._noise_floor = min(self._noise_floor, float(power.min()))
-        threshold = max(AUDIBLE_POWER, self.options.quiet_ratio * float(power.max(initial=0.0)),
-                        self.options.noise_margin * self._noise_floor)
-        return power > threshold
+    def _quiet_level(self, buffer: np.ndarray, power: np.ndarray, judged: slice) -> float:
+        """The 100 ms power at or below which a judged frame is quiet; updates the noise floor
+        from the judged frames whose 100 ms hold no digital silence."""
+        hop = int(self.rate * FRAME_SECONDS)
+        frames = buffer[: len(buffer) // hop * hop].reshape(-1, hop)  # (frames, hop), a view
+        silent = np.ones(len(power), dtype=bool)  # a buffer under 100 ms has more power frames than frames
+        silent[: len(frames)] = np.einsum("ij,ij->i", frames, frames) / hop < SILENT_FRAME_POWER
+        if len(silent):
+            silent = np.convolve(silent, np.ones(SMOOTHED_FRAMES), mode="same")[: len(power)] > 0  # smoothed_power's reach
+        room = power[judged][~silent[judged]]
+        if len(room):
+            self._noise_floor = min(self._noise_floor, float(room.min()))
+        floor = self._noise_floor if np.isfinite(self._noise_floor) else 0.0
+        return max(AUDIBLE_POWER, self.options.quiet_ratio * float(power[judged].max(initial=0.0)),
+                   self.options.noise_margin * floor)
+
+    def _speech_level(self) -> float:
+        """The 100 ms power a segment must pass for ``min_speech_seconds`` to hold speech."""
+        floor = self._noise_floor if np.isfinite(self._noise_floor) else 0.0
+        return max(AUDIBLE_POWER, self.options.speech_margin * floor)
 
     def _advance(self, final: bool) -> list[LiveUpdate]:
         updates: list[LiveUpdate] = []
@@ -158,12 +188,13 @@ class LiveTranscriber:
             hop = int(self.rate * FRAME_SECONDS)
             power = smoothed_power(buffer, self.rate) if len(buffer) >= hop else np.zeros(0)
             judged_end = len(power) if final else max(len(power) - EDGE_FRAMES, EDGE_FRAMES)  # frames judged so far
-            speech = EDGE_FRAMES + np.flatnonzero(self._speech_frames(power[EDGE_FRAMES:judged_end]))
+            judged = slice(EDGE_FRAMES, judged_end)
+            speech = EDGE_FRAMES + np.flatnonzero(power[judged] > self._quiet_level(buffer, power, judged))
             lead_in = int(self.options.lead_in_seconds / FRAME_SECONDS) * hop  # whole frames: cuts stay on the 10 ms grid
             if len(speech) == 0:  # silence so far: keep only the lead-in before whatever comes next
-                if final and self._segment.interims:  # the page shows an interim: close it
-                    updates.append(self._final(buffer, len(buffer), None))
-                elif not final:
+                if final:
+                    updates += self._close(buffer, len(buffer), None, power)
+                else:
                     self._drop_before((judged_end * hop - lead_in) // hop * hop)
                 return updates
             if speech[0] * hop > lead_in:
@@ -179,24 +210,41 @@ class LiveTranscriber:
                 # The segment ends halfway into the pause, so the next keeps the rest as its lead-in.
                 cut = min(len(buffer), speech_end + pause_frames // 2 * hop) if len(paused) else len(buffer)
                 if cut <= longest:
-                    updates.append(self._final(buffer, cut, speech_end))
+                    updates += self._close(buffer, cut, speech_end, power)
                     continue
-            if len(buffer) > longest:  # no pause in time: cut at the quietest point, as long files are
-                cut = plan_windows(buffer, self.rate, self.max_segment_seconds, overlap=0.0)[0].end
-                updates.append(self._final(buffer, cut, cut))
+            if len(buffer) > longest:  # no pause in time: cut in the longest shorter one
+                cut, speech_end = self._cap_cut(buffer, speech, quiet_after)
+                updates += self._close(buffer, cut, speech_end, power)
                 continue
             if final:
                 return updates
-            if self.streaming:  # the new audio goes in now; an interim whenever the text changes
-                update = self._interim(buffer)
-                if update.text != self._interim_text:
-                    self._interim_text = update.text
-                    self._segment.interims += 1
-                    updates.append(update)
-            elif self._segment_start + len(buffer) - self._decoded_end >= self.options.interim_interval_s * self.rate:
-                updates.append(self._interim(buffer))
-                self._segment.interims += 1
-            return updates
+            update = self._next_interim(buffer)
+            return updates + ([update] if update is not None else [])
+
+    def _cap_cut(self, buffer: np.ndarray, speech: np.ndarray, quiet_after: np.ndarray) -> tuple[int, int]:
+        """Where a segment that reached the longest segment without a pause is cut, and where its
+        speech ends: halfway into its longest quiet run (the latest of equals) that ends within the
+        cap; without one, at its quietest point, as long files are cut. A streaming model has read
+        all of the buffer already, so it is cut at the quietest point, sharing no speech."""
+        hop = int(self.rate * FRAME_SECONDS)
+        longest_frames = int(self.max_segment_seconds / FRAME_SECONDS)
+        runs = np.flatnonzero((quiet_after >= MIN_CUT_PAUSE_FRAMES) & (speech + quiet_after < longest_frames))
+        if len(runs) and not self.streaming:
+            best = runs[np.flatnonzero(quiet_after[runs] == quiet_after[runs].max())[-1]]
+            speech_end = (speech[best] + 1) * hop
+            return speech_end + quiet_after[best] // 2 * hop, speech_end
+        cut = plan_windows(buffer, self.rate, self.max_segment_seconds, overlap=0.0)[0].end
+        return cut, cut
+
+    def _next_interim(self, buffer: np.ndarray) -> LiveUpdate | None:
+        """The open segment's interim, when one is due."""
+        if self.streaming:  # the new audio goes in now; an interim whenever the text changes
+            shown = self._interim_text
+            update = self._interim(buffer)
+            return update if update.text != shown else None
+        if self._segment_start + len(buffer) - self._decoded_end >= self.options.interim_interval_s * self.rate:
+            return self._interim(buffer)
+        return None
 
     def _drop_before(self, position: int) -> None:
         """Forget the buffer's first ``position`` samples (they hold no speech)."""
@@ -205,7 +253,31 @@ class LiveTranscriber:
         buffer = self._buffer()[position:]
         self._stream, self._fed = None, 0  # a stream starts with the segment's first sample: start again
         self._segment_start += position
-        self._segment = _Segment([buffer] if len(buffer) else [], len(buffer), self._segment.interims)
+        self._segment = _Segment([buffer] if len(buffer) else [], len(buffer))
+
+    def _close(self, buffer: np.ndarray, cut: int, speech_end: int | None, power: np.ndarray) -> list[LiveUpdate]:
+        """Close the segment at buffer sample ``cut``: its final, or nothing when it holds no
+        speech or no words (then an empty interim clears any interim text the page shows)."""
+        hop = int(self.rate * FRAME_SECONDS)
+        loud = power[: -(-cut // hop)] > self._speech_level()
+        heard = int(loud.sum()) >= self.options.min_speech_seconds / FRAME_SECONDS
+        update, next_start = self._final(buffer, cut, speech_end) if heard else (None, cut)
+        if update is not None and update.text:
+            self._number += 1
+            self._start_next(buffer, next_start)
+            return [update]
+        start = self._segment_start / self.rate
+        cleared = [LiveUpdate("interim", self._number, "", start, start + cut / self.rate)] if self._interim_text else []
+        self._start_next(buffer, cut)  # nothing of it was sent: the next segment may share what was read past the cut
+        return cleared
+
+    def _start_next(self, buffer: np.ndarray, next_start: int) -> None:
+        """The next segment begins at buffer sample ``next_start``."""
+        rest = buffer[next_start:]
+        self._segment_start += next_start
+        self._decoded_end = self._segment_start  # the next segment's first interim waits for its own audio
+        self._segment = _Segment([rest] if len(rest) else [], len(rest))
+        self._stream, self._fed, self._interim_text = None, 0, ""
 
     # ------------------------------------------------------------------ decoding
 
@@ -234,15 +306,17 @@ class LiveTranscriber:
             result, seconds = self._decode(buffer)
             text = result.text
         self._decoded_end = self._segment_start + len(buffer)
+        self._interim_text = text  # what the page shows of the open segment now
         start = self._segment_start / self.rate
         return LiveUpdate("interim", self._number, text, start, start + len(buffer) / self.rate,
                           decode_seconds=seconds)
 
-    def _final(self, buffer: np.ndarray, cut: int, speech_end: int | None) -> LiveUpdate:
-        """Close the segment at buffer sample ``cut``; what follows starts the next one."""
+    def _final(self, buffer: np.ndarray, cut: int, speech_end: int | None) -> tuple[LiveUpdate, int]:
+        """The open segment decoded up to buffer sample ``cut`` (> 0), and the buffer sample
+        where the next segment begins: mid-pause, so that it keeps its lead-in."""
         start = self._segment_start / self.rate
-        next_start = cut  # where the next segment begins: mid-pause, so that it keeps its lead-in
-        if self.streaming and cut > 0:
+        next_start = cut
+        if self.streaming:
             # Audio already in the stream stays in this segment: the quiet past a pause, fed before
             # the pause was long enough to judge (or, at the length cap, all the segment so far).
             # After a pause the next segment still starts mid-pause, so the two share that quiet
@@ -254,20 +328,10 @@ class LiveTranscriber:
             began = time.perf_counter()
             result = self._stream.finish().transcription  # type: ignore[union-attr]
             seconds += time.perf_counter() - began
-        elif cut > 0:
-            result, seconds = self._decode(buffer[:cut])
-        if cut > 0:
-            text = result.text
-            words = tuple(TimedWord(w.word, round(float(w.start) + start, 3), round(float(w.end) + start, 3), w.confidence)
-                          for w in result.words)
         else:
-            text, words, seconds = "", (), 0.0
-        update = LiveUpdate("final", self._number, text, start, start + cut / self.rate, words,
+            result, seconds = self._decode(buffer[:cut])
+        words = tuple(TimedWord(w.word, round(float(w.start) + start, 3), round(float(w.end) + start, 3), w.confidence)
+                      for w in result.words)
+        update = LiveUpdate("final", self._number, result.text, start, start + cut / self.rate, words,
                             None if speech_end is None else start + speech_end / self.rate, seconds)
-        self._number += 1
-        rest = buffer[next_start:]
-        self._segment_start += next_start
-        self._decoded_end = self._segment_start  # the next segment's first interim waits for its own audio
-        self._segment = _Segment([rest] if len(rest) else [], len(rest))
-        self._stream, self._fed, self._interim_text = None, 0, ""
-        return update
+        return update, next_start

@@ -180,7 +180,28 @@ class _FormReader:
             self.fields.setdefault(self.name, []).append(self.value.decode("utf-8", "replace"))
 
 
-async def receive_upload(request: Request, options: ServerOptions) -> Upload:
+class UploadReads:
+    """The uploads being read, so that shutdown ends them with a 503 of ours instead of uvicorn
+    cancelling their tasks at its grace period's end (a traceback per upload in the log)."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._timers: set[tuple[asyncio.AbstractEventLoop, asyncio.Timeout]] = set()
+
+    def add(self, timer: asyncio.Timeout) -> None:
+        self._timers.add((asyncio.get_running_loop(), timer))
+
+    def discard(self, timer: asyncio.Timeout) -> None:
+        self._timers.discard((asyncio.get_running_loop(), timer))
+
+    def stop(self) -> None:
+        """Every read times out now. Thread- and signal-safe: it only schedules."""
+        self.stopping = True
+        for loop, timer in list(self._timers):
+            loop.call_soon_threadsafe(timer.reschedule, loop.time())
+
+
+async def receive_upload(request: Request, options: ServerOptions, reads: UploadReads | None = None) -> Upload:
     """Stream a multipart body into a temporary file, stopping at the size limit (413).
 
     The caller removes ``path``; on any error it is removed here.
@@ -202,7 +223,7 @@ async def receive_upload(request: Request, options: ServerOptions) -> Upload:
     parser = MultipartParser(params[b"boundary"], form.callbacks())
     try:
         try:
-            await _read_body(request, parser, options, body_limit, mb)
+            await _read_body(request, parser, options, body_limit, mb, reads)
             parser.finalize()
         finally:
             audio.close()
@@ -211,6 +232,9 @@ async def receive_upload(request: Request, options: ServerOptions) -> Upload:
         raise
     except TimeoutError as err:  # a trickle holds a slot that others wait for: it loses it
         _remove(path)
+        if reads is not None and reads.stopping:
+            raise ApiError(503, "the server is shutting down; retry later", "server_unavailable", "server_error",
+                           headers={"Retry-After": str(options.retry_after_s)}) from None
         raise ApiError(408, f"the upload arrived slower than {options.min_upload_rate:g} bytes/s; the server "
                        "stopped waiting for it", "upload_too_slow", param="file",
                        headers={"Connection": "close"}) from err
@@ -226,7 +250,7 @@ async def receive_upload(request: Request, options: ServerOptions) -> Upload:
 
 
 async def _read_body(request: Request, parser: MultipartParser, options: ServerOptions,
-                     body_limit: int, mb: str) -> None:
+                     body_limit: int, mb: str, reads: UploadReads | None = None) -> None:
     """Feed the body to ``parser``: 413 past ``body_limit``, TimeoutError as soon as it has
     arrived slower than ``options.min_upload_rate`` on average since the grace period began."""
     rate = options.min_upload_rate
@@ -237,12 +261,20 @@ async def _read_body(request: Request, parser: MultipartParser, options: ServerO
         return began + options.upload_grace_s + received / rate if rate > 0 else None
 
     async with asyncio.timeout(deadline()) as timer:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > body_limit:  # no Content-Length (chunked), or it lied
-                raise ApiError(413, f"the upload is larger than the limit of {mb}", "file_too_large", param="file")
-            parser.write(chunk)
-            timer.reschedule(deadline())
+        if reads is not None:
+            reads.add(timer)
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > body_limit:  # no Content-Length (chunked), or it lied
+                    raise ApiError(413, f"the upload is larger than the limit of {mb}", "file_too_large",
+                                   param="file")
+                parser.write(chunk)
+                if reads is None or not reads.stopping:  # shutting down: the deadline stop() set stands
+                    timer.reschedule(deadline())
+        finally:
+            if reads is not None:
+                reads.discard(timer)
 
 
 async def _check_duration(upload: Upload, options: ServerOptions) -> None:
@@ -277,6 +309,7 @@ class ServerContext:
     pool: ThreadPoolExecutor
     slots: Slots  # uploads admitted: running, waiting, or still arriving
     recognition: RecognitionWorkers  # the processes uploads are recognised in
+    reads: UploadReads = field(default_factory=UploadReads)  # uploads still arriving
 
     async def run_upload(self, request: Request, work: Callable[[SpeechRecognizer, Upload], T],
                          check: Callable[[Upload], None] | None = None) -> tuple[Upload, T]:
@@ -291,7 +324,7 @@ class ServerContext:
         upload: Upload | None = None
         handed_off = False  # once the worker owns the file and the slot, it releases them
         try:
-            upload = await receive_upload(request, self.options)
+            upload = await receive_upload(request, self.options, self.reads)
             if upload.path is None:
                 raise ApiError(400, "no 'file' field in the form: send the audio as multipart field 'file'",
                                "invalid_request", param="file")
@@ -322,7 +355,9 @@ class ServerContext:
 
     def stop(self) -> None:
         """Shutting down (SIGTERM, SIGINT): running recognitions are killed and answered 503, as are
-        the waiting ones when their turn comes. Takes no lock: uvicorn's signal handler calls it."""
+        the waiting ones when their turn comes, and uploads still arriving. Takes no lock: uvicorn's
+        signal handler calls it."""
+        self.reads.stop()
         self.recognition.stop()
 
     def close(self) -> None:

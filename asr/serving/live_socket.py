@@ -4,9 +4,10 @@ Protocol on ``/api/live`` (the page in asr/serving/web/ speaks it; so can any cl
 
 - client: ``{"type": "start", "sample_rate": 48000}``, then binary frames of little-endian
   int16 mono PCM at that rate (any size), then ``{"type": "stop"}``;
-- server: ``{"type": "ready", ...}``, then ``interim`` and ``final`` updates (asr/inference/live.py,
-  :meth:`LiveUpdate.record`), ``{"type": "done"}`` after the stop, or ``{"type": "error",
-  "message", "code"}`` before it closes.
+- server: ``{"type": "ready", "streaming": ...}`` (whether the model streams), then ``interim``
+  and ``final`` updates (asr/inference/live.py, :meth:`LiveUpdate.record`): a final only for a
+  segment with words, an interim with empty text where one that showed text turned out to have
+  none; ``{"type": "done"}`` after the stop, or ``{"type": "error", "message", "code"}`` before it closes.
 
 A server with an API key wants it as ``Authorization: Bearer KEY`` on the upgrade request or,
 as browsers cannot set that header, as ``"api_key"`` in the start message (not in the URL,
