@@ -321,12 +321,25 @@ class TrainConfig:
     log_every_steps: int = 20  # TensorBoard / progress-bar update interval
     valid_every_epochs: int = 1  # validation pass interval
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    # Fine-tuning: a trained model (checkpoint or model folder) a new run starts from: its front end
+    # and recurrent layers, and the output rows of the characters (and phones) both spell; the rest
+    # starts fresh (asr/training/init.py). A run that resumes continues from last.pt instead.
+    init_from: str = ""
+    # recompute: the normalisation statistics of the new training data; keep: init_from's
+    init_normalization: Literal["recompute", "keep"] = "recompute"
+    freeze_layers: int = 0  # the front end and this many lowest recurrent layers take no updates ...
+    freeze_steps: int = 0  # ... for the first this many optimiser steps, while the new output rows learn to read them
 
     def __post_init__(self) -> None:
         check_ranges("train", self, epochs=">= 1", max_minutes=">= 0", max_steps=">= 0",
                      seed="[0, 4294967295]",  # NumPy's seed range
                      checkpoint_every_steps=">= 0", keep_epoch_checkpoints=">= 0", log_every_steps=">= 1",
-                     valid_every_epochs=">= 1", threads=">= 0")
+                     valid_every_epochs=">= 1", threads=">= 0", freeze_layers=">= 0", freeze_steps=">= 0")
+        if (self.freeze_layers > 0) != (self.freeze_steps > 0):
+            raise ConfigError(f"train.freeze_layers ({self.freeze_layers}) and train.freeze_steps "
+                              f"({self.freeze_steps}) go together: how many layers stay fixed, and for how many steps")
+        if self.freeze_layers and not self.init_from:
+            raise ConfigError("train.freeze_layers keeps trained layers fixed: it needs train.init_from")
 
 
 @dataclass(frozen=True)
@@ -341,6 +354,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.optim.schedule == "budget" and self.train.max_minutes <= 0:
             raise ConfigError("optim.schedule: budget needs a time budget: set train.max_minutes")
+        if self.train.freeze_layers > self.model.num_layers:
+            raise ConfigError(f"train.freeze_layers must be at most model.num_layers ({self.model.num_layers}), "
+                              f"got {self.train.freeze_layers}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

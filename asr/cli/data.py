@@ -8,19 +8,24 @@ from pathlib import Path
 
 from asr.cli.options import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
 
+# asr.data.commonvoice.SPLITS; repeated so that `asr --help` imports no corpus reader.
+SPLITS = ("validated", "train", "dev", "test", "other", "invalidated")
 DOWNLOAD_OPTIONS = ("--subsets", "--dest", "--mirror", "--lm")  # only prepare-librispeech takes these
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """prepare, prepare-librispeech."""
-    prepare = commands.add_parser("prepare", help="build a JSONL manifest from a LibriSpeech-layout folder or a "
-                                  "Kaldi data directory")
-    prepare.add_argument("data_dir", help="folder holding */*.trans.txt beside the audio files, or a Kaldi data "
-                         "directory (text, wav.scp, utt2spk, optional segments)")
+    prepare = commands.add_parser("prepare", help="build a JSONL manifest from a LibriSpeech-layout folder, a "
+                                  "Kaldi data directory or a Common Voice language folder")
+    prepare.add_argument("data_dir", help="folder holding */*.trans.txt beside the audio files, a Kaldi data "
+                         "directory (text, wav.scp, utt2spk, optional segments), or a Common Voice language folder "
+                         "(clips/*.mp3 beside validated.tsv, train.tsv, dev.tsv, test.tsv)")
     prepare.add_argument("out", help="output manifest (JSONL); the training part when splitting")
     prepare.add_argument("--dev-out", help="also write a speaker-disjoint dev manifest here")
     prepare.add_argument("--dev-speakers", type=int, default=1, help="number of speakers to hold out (default 1)")
     prepare.add_argument("--dev-speaker-ids", help="comma-separated speaker ids to hold out instead")
+    prepare.add_argument("--dev-share", type=float, help="hold out speakers, drawn at random, until they hold this "
+                         "share of the utterances (e.g. 0.2), instead of --dev-speakers")
     prepare.add_argument("--seed", type=int, default=0, help="seed for choosing held-out speakers")
     prepare.add_argument("--speed-perturb", action="store_true",
                          help="write 0.9/1.0/1.1 speed copies of the training utterances (not of --dev-out)")
@@ -28,6 +33,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                          "the data directory, its parent, or the working folder, whichever holds the file)")
     prepare.add_argument("--segments-dir", help="Kaldi with a segments file: where the utterances are cut to FLAC "
                          "(default: OUT's name + .segments beside it)")
+    prepare.add_argument("--language", default="en", help="the transcripts' language (ISO 639 code or tag: en, "
+                         "es, de, ru, zh-CN): its text rules normalise them, as data.language does in training "
+                         "(default en)")
+    prepare.add_argument("--split", default="validated", choices=SPLITS,
+                         help="Common Voice: the table to read (default validated: every accepted clip; train, dev "
+                         "and test are the release's speaker-disjoint parts of it)")
     prepare.set_defaults(func=cmd_prepare)
 
     librispeech = commands.add_parser(
@@ -64,11 +75,14 @@ def prepare_librispeech_argv(argv: list[str]) -> list[str]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from asr.config import check_language
     from asr.data.corpora import scan_corpus
-    from asr.data.manifest import split_by_speaker, write_manifest
+    from asr.data.manifest import speakers_for_share, split_by_speaker, write_manifest
 
     segments_dir = args.segments_dir or Path(args.out).with_suffix(".segments")
-    report = scan_corpus(args.data_dir, audio_root=args.audio_root, segments_dir=segments_dir)
+    language = check_language(args.language, "--language")
+    report = scan_corpus(args.data_dir, audio_root=args.audio_root, segments_dir=segments_dir, language=language,
+                         split=args.split)
     for label, items in (("missing audio", report.missing_audio), ("no transcript", report.missing_transcripts),
                          ("unreadable audio", report.unreadable),
                          ("a bad transcript line (skipped)", report.bad_lines)):
@@ -86,6 +100,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.dev_out:
         held_out = args.dev_speaker_ids.split(",") if args.dev_speaker_ids else args.dev_speakers
         try:
+            if args.dev_share is not None:
+                held_out = speakers_for_share(utterances, args.dev_share, seed=args.seed)
             train, dev = split_by_speaker(utterances, held_out, seed=args.seed)
         except ValueError as err:  # too many or unknown speakers: the flags' fault
             print(f"error: {err}", file=sys.stderr)
@@ -100,8 +116,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         write_manifest(path, items)
         speakers = sorted({u.speaker for u in items})
         hours = sum(u.duration for u in items) / 3600
-        print(f"{path}: {len(items)} utterances, {hours:.2f} h, {len(speakers)} speakers ({' '.join(speakers)})")
+        print(f"{path}: {len(items)} utterances, {hours:.2f} h, {len(speakers)} speakers ({shown_ids(speakers)})")
     return EXIT_OK
+
+
+def shown_ids(speakers: list[str], most: int = 20, width: int = 16) -> str:
+    """Speaker ids for a summary line: Common Voice's are 128-character hashes, and thousands of them."""
+    shown = [s if len(s) <= width else f"{s[:width]}..." for s in speakers[:most]]
+    return " ".join(shown + ([f"... and {len(speakers) - most} more"] if len(speakers) > most else []))
 
 
 def cmd_prepare_librispeech(args: argparse.Namespace) -> int:

@@ -18,8 +18,8 @@ from pathlib import Path
 import soundfile
 
 from asr.data.audio import AudioError, audio_duration, read_audio
-from asr.data.manifest import ManifestError, PrepareReport, Utterance, decode_utf8_line
-from asr.data.text import normalize_text
+from asr.data.manifest import ManifestError, PrepareReport, Utterance, utf8_lines
+from asr.data.text import ENGLISH, normalize_text
 from asr.utils.atomic import atomic_path
 
 REQUIRED_FILES = ("text", "wav.scp")
@@ -36,15 +36,8 @@ def _table(path: Path, bad_lines: list[str]) -> Iterator[tuple[int, str, str]]:
         raw_lines = path.read_bytes().splitlines()
     except OSError as err:
         raise ManifestError(f"{path}: unreadable ({err.strerror or err})") from err
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            line = decode_utf8_line(raw).strip()
-        except ValueError as err:  # one bad line must not cost the rest of the corpus
-            bad_lines.append(f"{path}:{number}: {err}")
-            continue
-        if not line:
-            continue
-        key, _, rest = line.partition(" ")
+    for number, line in utf8_lines(raw_lines, path, bad_lines):
+        key, _, rest = line.strip().partition(" ")
         yield number, key, rest.strip()
 
 
@@ -114,8 +107,9 @@ def _segments(root: Path, recordings: dict[str, Path | str], segments_dir: Path 
 
 
 def scan_kaldi(root: str | Path, audio_root: str | Path | None = None,
-               segments_dir: str | Path | None = None) -> PrepareReport:
-    """Utterances of a Kaldi data directory; speakers from ``utt2spk`` (else the utterance id)."""
+               segments_dir: str | Path | None = None, language: str = ENGLISH) -> PrepareReport:
+    """Utterances of a Kaldi data directory, their text normalised by ``language``'s rules;
+    speakers from ``utt2spk`` (else the utterance id)."""
     root = Path(root)
     if not is_kaldi_dir(root):
         raise ManifestError(f"{root}: not a Kaldi data directory (needs {' and '.join(REQUIRED_FILES)})")
@@ -140,7 +134,7 @@ def scan_kaldi(root: str | Path, audio_root: str | Path | None = None,
             except AudioError as err:
                 report.unreadable.append(str(err))
                 continue
-            report.utterances.append(Utterance(utt_id, str(source), normalize_text(text), round(duration, 4),
-                                               speakers.get(utt_id, utt_id)))
+            report.utterances.append(Utterance(utt_id, str(source), normalize_text(text, language),
+                                               round(duration, 4), speakers.get(utt_id, utt_id)))
     report.missing_transcripts = sorted(str(a) for k, a in audio.items() if k not in transcribed and isinstance(a, Path))
     return report

@@ -18,11 +18,11 @@ from asr.data.manifest import (
     ManifestError,
     PrepareReport,
     Utterance,
-    decode_utf8_line,
     read_manifest,
+    utf8_lines,
     write_manifest,
 )
-from asr.data.text import normalize_text
+from asr.data.text import ENGLISH, normalize_text
 from asr.utils.atomic import atomic_write
 from asr.utils.download import DownloadError, Resource, download, extract
 
@@ -195,8 +195,9 @@ def _combine(name: str, parts: list[Path], dest: Path) -> Path:
     return path
 
 
-def scan_librispeech(root: str | Path) -> PrepareReport:
-    """Build utterances from a folder in the LibriSpeech layout (``*.trans.txt`` beside audio).
+def scan_librispeech(root: str | Path, language: str = ENGLISH) -> PrepareReport:
+    """Build utterances from a folder in the LibriSpeech layout (``*.trans.txt`` beside audio),
+    their text normalised by ``language``'s rules.
 
     Each transcript line is ``<utt-id> <TEXT>``; the audio is ``<utt-id>.<ext>`` in the same
     folder and the speaker is the part of the id before the first dash.
@@ -215,14 +216,7 @@ def scan_librispeech(root: str | Path) -> PrepareReport:
         except OSError as err:
             bad_lines.append(f"{transcript}: unreadable ({err.strerror or err})")
             continue
-        for number, raw in enumerate(raw_lines, start=1):
-            try:
-                line = decode_utf8_line(raw)
-            except ValueError as err:  # one bad line must not cost the rest of the corpus
-                bad_lines.append(f"{transcript}:{number}: {err}")
-                continue
-            if not line.strip():
-                continue
+        for number, line in utf8_lines(raw_lines, transcript, bad_lines):
             utt_id, _, text = line.strip().partition(" ")
             candidates = [transcript.parent / f"{utt_id}{ext}" for ext in AUDIO_EXTENSIONS]
             audio = next((c for c in candidates if c.exists()), None)
@@ -239,7 +233,7 @@ def scan_librispeech(root: str | Path) -> PrepareReport:
                 Utterance(
                     id=utt_id,
                     audio=str(audio.resolve()),
-                    text=normalize_text(text),
+                    text=normalize_text(text, language),
                     duration=round(duration, 4),
                     speaker=utt_id.split("-")[0],
                 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,6 +84,21 @@ def decode_utf8_line(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
+
+
+def utf8_lines(raw_lines: Sequence[bytes], path: str | Path, bad_lines: list[str],
+               first: int = 1) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a corpus file that is not blank; a line that is not
+    UTF-8 goes into ``bad_lines`` as "path:line: reason" (one bad line must not cost the rest of
+    the corpus). ``first`` is the number of ``raw_lines[0]``."""
+    for number, raw in enumerate(raw_lines, start=first):
+        try:
+            line = decode_utf8_line(raw)
+        except ValueError as err:
+            bad_lines.append(f"{path}:{number}: {err}")
+            continue
+        if line.strip():
+            yield number, line
 
 
 def _parse_line(line: str) -> Utterance:
@@ -166,6 +181,32 @@ def split_by_speaker(
     train = [u for u in utterances if u.speaker not in chosen]
     dev = [u for u in utterances if u.speaker in chosen]
     return train, dev
+
+
+def speakers_for_share(utterances: Sequence[Utterance], share: float, seed: int = 0) -> list[str]:
+    """Speakers, drawn in a seeded order, who together hold ``share`` of the utterances (a
+    speaker who would take the set past it is passed over): a held-out set of that size however
+    unevenly the speakers contributed (Common Voice: one voice reads 12 clips, most read 1)."""
+    if not 0 < share < 1:
+        raise ManifestError(f"the share of utterances to hold out must be between 0 and 1, not {share}")
+    counts: dict[str, int] = {}
+    for utterance in utterances:
+        counts[utterance.speaker] = counts.get(utterance.speaker, 0) + 1
+    order = sorted(counts)
+    random.Random(seed).shuffle(order)
+    target = max(1, round(share * len(utterances)))
+    chosen: list[str] = []
+    held = 0
+    for speaker in order:
+        if held + counts[speaker] <= target:
+            chosen.append(speaker)
+            held += counts[speaker]
+    if not chosen:  # every speaker alone holds more: the one who holds the fewest
+        chosen = [min(order, key=lambda speaker: counts[speaker])]
+    if len(chosen) == len(order):
+        raise ManifestError(f"holding out {share:.0%} of {len(utterances)} utterances takes all "
+                            f"{len(order)} speakers: none would be left to train on")
+    return chosen
 
 
 @dataclass

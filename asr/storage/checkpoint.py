@@ -229,8 +229,9 @@ def check_tensors(source: str | Path, tensors: Mapping[str, Any], n_mels: int) -
                               "the normalisation statistics are corrupt")
 
 
-def network_differences(saved: dict[str, Any], wanted: ExperimentConfig) -> list[str]:
-    """``section.key: saved -> wanted`` for every network-defining config value that differs."""
+def architecture_differences(saved: dict[str, Any], wanted: ExperimentConfig) -> list[str]:
+    """``section.key: saved -> wanted`` for every value of the features and model sections that
+    differs, but for the training-only keys: what the weights' shapes and meaning depend on."""
     wanted_dict = to_dict(wanted)
     differences = []
     for section in NETWORK_SECTIONS:
@@ -240,6 +241,12 @@ def network_differences(saved: dict[str, Any], wanted: ExperimentConfig) -> list
                 continue
             if old.get(key) != new.get(key):
                 differences.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return differences
+
+
+def network_differences(saved: dict[str, Any], wanted: ExperimentConfig) -> list[str]:
+    """``section.key: saved -> wanted`` for every network-defining config value that differs."""
+    differences = architecture_differences(saved, wanted)
     # The language fixes the text rules the vocabulary spells and the phone head's labels.
     saved_language = saved.get("data", {}).get("language", "en")  # before data.language: English
     if saved_language != wanted.data.language:

@@ -42,6 +42,7 @@ from asr.training.distributed import (
     rank_step_seed,
     setup_distributed,
 )
+from asr.training.init import frozen_parameters, read_init_model, start_from
 from asr.training.loaders import build_data, estimate_normalizer
 from asr.training.logs import TensorBoard, log, write_metrics
 from asr.training.resume import checkpoint_payload, read_last, resume, save_last, seed_everything
@@ -92,6 +93,8 @@ def build_run(config: ExperimentConfig) -> Run:
 
     last_path = out_dir / "last.pt"
     saved = read_last(last_path, config, device)  # refused before any work when it holds another model
+    # A new run may start from a trained model; one that resumes continues from last.pt alone.
+    source = read_init_model(config) if saved is None and config.train.init_from else None
     # A resumed run keeps its vocabulary (the data may have changed); a new one takes data.vocabulary's.
     data = build_data(config, saved.vocabulary if saved else None, out_dir, dist_info, device, say)
     vocabulary = data.vocabulary
@@ -113,7 +116,10 @@ def build_run(config: ExperimentConfig) -> Run:
 
     if saved is not None:
         resume(last_path, saved, config, frontend, model, optimizer, scheduler, scaler, state, say)
-    elif dist_info.is_main:
+    elif source is not None:  # on every rank: all start from the same weights
+        start_from(model, frontend, source, vocabulary, config, say)
+    keeps_statistics = source is not None and config.train.init_normalization == "keep"
+    if saved is None and not keeps_statistics and dist_info.is_main:
         estimate_normalizer(frontend, data.train_loader.dataset, config, device)
     if dist_info.is_main:  # after resume() accepted out_dir: a refused run leaves another run's files alone
         for stale in remove_stale_temporaries(out_dir):  # checkpoints, phones.json, ... of killed runs
@@ -125,7 +131,7 @@ def build_run(config: ExperimentConfig) -> Run:
         data.train_loader, data.train_sampler, data.valid_loader,
         TensorBoard(out_dir / "tensorboard") if dist_info.is_main else None,
         out_dir, state, trained_before=state.train_seconds,
-        phone_labels=data.phone_labels,
+        phone_labels=data.phone_labels, frozen=frozen_parameters(model, config.train.freeze_layers),
     )
 
 
@@ -153,8 +159,9 @@ def train_one_epoch(run: Run) -> EpochStats:
             # Each rank draws its own dropout and SpecAugment. Rank 0's stream is saved in
             # last.pt; the others are reseeded per step, so a resumed run draws as an unbroken one.
             torch.manual_seed(rank_step_seed(config.train.seed, run.dist.rank, state.step))
+        frozen = run.frozen if state.step < config.train.freeze_steps else ()
         loss = train_step(batch, run.frontend, run.step_model, run.optimizer, run.scheduler, run.scaler, config,
-                          run.device, run.phone_labels)
+                          run.device, run.phone_labels, frozen)
         state.step += 1
         state.batch_in_epoch += run.dist.world_size  # counted in global batches
         audio = batch.waveform_lengths.sum().item() / config.features.sample_rate * run.dist.world_size

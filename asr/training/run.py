@@ -61,6 +61,7 @@ class Run:
     schedule_mark: float | None = None
     schedule_fitted: bool = False  # the budget schedule was measured in this session
     phone_labels: list[torch.Tensor] | None = None  # per training utterance, for the phone CTC loss
+    frozen: list[torch.nn.Parameter] = field(default_factory=list)  # fixed for the first train.freeze_steps steps
 
     def say(self, message: str) -> None:
         if self.dist.is_main:

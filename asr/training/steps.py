@@ -45,6 +45,7 @@ def train_step(
     config: ExperimentConfig,
     device: torch.device,
     phone_labels: Sequence[torch.Tensor] | None = None,  # per dataset index; for model.phone_ctc_weight > 0
+    frozen: Sequence[torch.nn.Parameter] = (),  # parameters this step leaves as they are (train.freeze_layers)
 ) -> float:
     """One optimiser step; returns the character CTC loss (without the auxiliary phone loss)."""
     warped_banks = vtlp_filter_banks(frontend.log_mel, len(batch.waveform_lengths), config.specaugment)
@@ -70,6 +71,8 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
     scaler.unscale_(optimizer)
+    for parameter in frozen:  # AdamW skips a parameter without a gradient: no update, no weight decay
+        parameter.grad = None
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
     scaler.step(optimizer)
     scaler.update()
