@@ -8,7 +8,6 @@ import select
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from asr.serving.app import create_app, exposure_warning
 from asr.serving.context import ServerOptions
-from conftest import SAMPLE_RATE, free_port, tone_audio
+from conftest import SAMPLE_RATE, running_server, tone_audio
 
 
 TEST_HOSTS = ("testserver",)  # the Host TestClient sends: allowed as --allow-host would
@@ -235,27 +234,6 @@ def test_cli_serve_warns_off_loopback(trained_checkpoint: Path, monkeypatch: pyt
     assert "anyone" not in capsys.readouterr().err
     assert served[1][1:] == ("127.0.0.1", 8000)
     assert TestClient(served[1][0]).get("/healthz").json()["capacity"] == 1 + 2
-
-
-@contextmanager
-def running_server(app):
-    """uvicorn on 127.0.0.1 and a free port, in a thread, stopped on exit; yields the port."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def test_upload_over_the_limit_is_cut_off(recognizer, wav_bytes: bytes, spool: Path) -> None:

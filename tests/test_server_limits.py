@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,29 +20,14 @@ from fastapi.testclient import TestClient
 from asr.serving.app import WS_PING_INTERVAL_S, WS_PING_TIMEOUT_S, create_app, serve
 from asr.serving.context import ServerOptions
 from tests.conftest import SAMPLE_RATE, free_port, tone_audio
+from tests.conftest import running_server as conftest_running_server
 
 TEST_HOSTS = ("testserver",)  # TestClient's Host, allowed as --allow-host would
 
 
-@contextmanager
 def running_server(app):
-    """uvicorn on 127.0.0.1 and a free port in a thread, logging through the root logger; the port."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="info"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
-    assert not thread.is_alive()
+    """The shared server, logging through the root logger (the tests read its records)."""
+    return conftest_running_server(app, log_config=None, log_level="info")
 
 
 def upload_head(content_length: int) -> bytes:
