@@ -23,6 +23,7 @@ from pathlib import Path
 
 from asr.config import primary_language
 from asr.errors import AsrError
+from asr.utils.atomic import atomic_write
 
 ESPEAK_VOICE = "en-us"
 # espeak-ng's en-us IPA, one token per phone (a long vowel keeps its length mark), ordered
@@ -176,8 +177,6 @@ def phonemize(texts: Sequence[str], cache: str | Path | None = None, language: s
     if missing:
         known.update(zip(missing, espeak_ipa(missing, espeak_voice(language))))
         if cache is not None:
-            from asr.utils.atomic import atomic_write
-
             with atomic_write(cache) as out:
                 out.write(json.dumps(known, ensure_ascii=False, indent=0))
     inventory = phone_inventory(language)
