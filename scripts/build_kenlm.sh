@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build KenLM's lmplz and build_binary (for `asr lm build`) once, and cache them.
+# Build KenLM's lmplz, build_binary (for `asr lm build`) and query (for `asr lm perplexity`) once,
+# and cache them.
 #
-#   bash scripts/build_kenlm.sh            # -> ~/.cache/asr/kenlm/bin/{lmplz,build_binary}
+#   bash scripts/build_kenlm.sh            # -> ~/.cache/asr/kenlm/bin/{lmplz,build_binary,query}
 #
 # The source is the kenlm sdist from PyPI (checked against PyPI's sha256); the build needs
 # cmake, a C++ compiler and Boost (program_options, system, thread), installed with apt when
@@ -10,7 +11,8 @@
 set -euo pipefail
 
 dest=${ASR_KENLM_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/asr/kenlm/bin}
-if [[ -x $dest/lmplz && -x $dest/build_binary ]]; then
+tools=(lmplz build_binary query)
+if [[ -x $dest/lmplz && -x $dest/build_binary && -x $dest/query ]]; then
     echo "KenLM tools already built: $dest"
     exit 0
 fi
@@ -47,14 +49,14 @@ tar -xzf "$work/kenlm.tar.gz" -C "$work"
 source_dir=$(find "$work" -maxdepth 2 -name CMakeLists.txt -printf '%h\n' | head -1)
 # Compiler output (many deprecation warnings) goes to a log, shown only when the build fails.
 if ! { cmake -S "$source_dir" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DCOMPILE_TESTS=OFF &&
-       cmake --build "$work/build" --target lmplz build_binary -j "$(nproc)"; } > "$work/build.log" 2>&1; then
+       cmake --build "$work/build" --target "${tools[@]}" -j "$(nproc)"; } > "$work/build.log" 2>&1; then
     tail -40 "$work/build.log" >&2
     echo "error: the KenLM build failed (log above)" >&2
     exit 1
 fi
 mkdir -p "$dest"
-for tool in lmplz build_binary; do
+for tool in "${tools[@]}"; do
     install -m 755 "$(find "$work/build" -type f -name "$tool" -perm -u+x | head -1)" "$dest/$tool.tmp"
     mv "$dest/$tool.tmp" "$dest/$tool"  # atomic: an interrupted build never leaves a broken tool
 done
-echo "built $dest/lmplz and $dest/build_binary"
+echo "built ${tools[*]} in $dest"

@@ -96,37 +96,43 @@ def phrase_audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"upload": upload, "microphone": microphone}
 
 
-@pytest.fixture(scope="session")
-def phrase_checkpoint(tmp_path_factory: pytest.TempPathFactory, phrase_audio: dict[str, Path]) -> Path:
-    """A tiny model trained on the phrases until it recognises them (about a minute on one core)."""
+def train_phrase_model(root: Path, phrases: list[str], voices: list[tuple[str, int]], test_audio: Path,
+                       test_phrase: str, language: str = "en", framings: int = FRAMINGS, epochs: int = EPOCHS) -> Path:
+    """A tiny model trained on espeak-ng's ``phrases`` until it recognises ``test_audio``."""
     import asr
     from asr.training.loop import train
 
-    root = tmp_path_factory.mktemp("phrases")
     rng = random.Random(0)
     utterances = []
-    for v, (voice, speed) in enumerate(VOICES):
-        for p, text in enumerate(PHRASES):
+    for v, (voice, speed) in enumerate(voices):
+        for p, text in enumerate(phrases):
             speech = espeak(text, voice, speed)
-            for f in range(FRAMINGS):
+            for f in range(framings):
                 path = root / f"{v}-{f}-{p:04d}.flac"
                 soundfile.write(path, framed(speech, rng.uniform(0.0, 0.6), rng.uniform(0.0, 1.0)), SAMPLE_RATE)
                 utterances.append(Utterance(path.stem, str(path), text, soundfile.info(path).duration, str(v)))
     write_manifest(root / "train.jsonl", utterances)
-    write_manifest(root / "valid.jsonl", utterances[::FRAMINGS * 3])  # a few, to keep validation cheap
+    write_manifest(root / "valid.jsonl", utterances[::framings * 3])  # a few, to keep validation cheap
     config = tiny_config(
         root / "model", {"train": root / "train.jsonl", "valid": root / "valid.jsonl"},
         model={"num_layers": 2, "hidden_size": 64, "layer_norm": True},
         optim={"lr": 8e-3, "warmup_steps": 20},
-        data={"max_frames_per_batch": 1200},
-        train={"epochs": EPOCHS, "log_every_steps": 50, "valid_every_epochs": 10},
+        data={"max_frames_per_batch": 1200, "language": language},
+        train={"epochs": epochs, "log_every_steps": 50, "valid_every_epochs": 10},
     )
     train(config)
     checkpoint = root / "model" / "best.pt"
     # Say so here if the model is what fails, rather than leave it to the page's tests.
-    heard = asr.load_model(str(checkpoint)).transcribe([phrase_audio["upload"]])[0].text
-    assert word_errors(TEST_PHRASE, heard) <= 1, f"the trained model heard {heard!r} for {TEST_PHRASE!r}"
+    heard = asr.load_model(str(checkpoint)).transcribe([test_audio])[0].text
+    assert word_errors(test_phrase, heard) <= 1, f"the trained model heard {heard!r} for {test_phrase!r}"
     return checkpoint
+
+
+@pytest.fixture(scope="session")
+def phrase_checkpoint(tmp_path_factory: pytest.TempPathFactory, phrase_audio: dict[str, Path]) -> Path:
+    """A tiny model trained on the phrases until it recognises them (about a minute on one core)."""
+    return train_phrase_model(tmp_path_factory.mktemp("phrases"), PHRASES, VOICES, phrase_audio["upload"],
+                              TEST_PHRASE)
 
 
 @contextmanager

@@ -29,9 +29,10 @@ def corpus(tmp_path: Path) -> Path:
     absolute.parent.mkdir()
     soundfile.write(absolute, tone_audio("ab"), SAMPLE_RATE)
     data = root / "train"
-    write(data / "wav.scp", "u1 WAVE/SPK1/a.wav\nu2 WAVE/SPK1/b.wav\n\nu3 sox WAVE/SPK1/c.wav -t wav - |\n"
+    # speechocean762 separates the id with a tab, other corpora with spaces.
+    write(data / "wav.scp", "u1\tWAVE/SPK1/a.wav\nu2  WAVE/SPK1/b.wav\n\nu3 sox WAVE/SPK1/c.wav -t wav - |\n"
                             f"u4 {absolute}\nu5 WAVE/SPK1/missing.wav\nu6 WAVE/SPK1/c.wav\n")
-    write(data / "text", "u1 HELLO, WORLD!\nu2 IT'S  FINE\nu3 PIPED\nu4 ABSOLUTE PATH\nu5 NOWHERE\n".encode()
+    write(data / "text", "u1\tHELLO, WORLD!\nu2 IT'S  FINE\nu3 PIPED\nu4 ABSOLUTE PATH\nu5 NOWHERE\n".encode()
           + b"u7 \xff\xfe BAD BYTES\n")
     write(data / "utt2spk", "u1 s1\nu2 s1\nu3 s2\nu4 s2\nu5 s2\nu6 s2\n")
     return data

@@ -203,3 +203,29 @@ def test_a_spanish_phone_head_trains_and_decodes_through_spanish_pronunciations(
     request = TuningRequest(arpa, [0.0, 1.0], [0.0], 5, 25.0, phone_lexicon=str(lexicon), units=["phones"])
     outcome = tune_model(tmp_path / "run" / "best.pt", spanish_corpus["valid"], request, out=tmp_path / "tuned.yaml")
     assert outcome.chosen == "phones" and len(outcome.results["phones"].rows) == 2
+
+
+def test_a_spanish_model_exports_and_streams_with_its_characters(spanish_model, spanish_corpus, tmp_path, capsys):
+    """No code path assumes English: the exported graph carries the Spanish characters, and a
+    latency-controlled Spanish model streams the text of its whole-utterance pass."""
+    import torch
+
+    from asr.inference.recognizer import load_model
+
+    out = tmp_path / "model.ts"
+    assert main(["export", str(spanish_model), str(out)]) == 0
+    extra = {"vocabulary.json": "", "config.json": ""}
+    torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["vocabulary.json"])[1:] == VOCABULARY
+    assert json.loads(extra["config.json"])["data"]["language"] == "es"
+
+    stream_dir = tmp_path / "stream"
+    train(spanish_config(stream_dir, spanish_corpus, train={"epochs": 3},
+                         model={"direction": "latency_controlled", "chunk_steps": 4, "right_steps": 2},
+                         features={"normalization": "causal"}))
+    files = [u.audio for u in read_manifest(spanish_corpus["valid"])]
+    capsys.readouterr()
+    assert main(["transcribe", str(stream_dir / "last.pt"), *files, "--stream", "--no-pace", "--format", "json",
+                 "--greedy", "--piece-ms", "50"]) == 0
+    streamed = [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+    assert streamed == [r.text for r in load_model(stream_dir / "last.pt").transcribe(files)]

@@ -1,4 +1,4 @@
-"""``asr lm build|english|pronounce`` and ``asr tune-lm``: n-gram LMs, lexicons, and LM decoding tuned on a dev set."""
+"""``asr lm text|build|perplexity|english|pronounce`` and ``asr tune-lm``: n-gram LMs, lexicons, LM decoding tuned."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the CLI imports torch only for the commands that need it
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """lm (build, english, pronounce), tune-lm."""
+    """lm (text, build, perplexity, english, pronounce), tune-lm."""
     lm = commands.add_parser("lm", help="language model tools").add_subparsers(dest="lm_command", required=True)
     lm_build = lm.add_parser("build", help="estimate an n-gram LM with KenLM's lmplz (scripts/build_kenlm.sh)")
     lm_build.add_argument("text", nargs="+", help="text files (one sentence per line), JSONL manifests, or folders "
@@ -45,6 +45,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     lm_build.add_argument("out", help="output model: .arpa, or .bin for a KenLM binary (needs --lexicon to decode)")
     add_language_arguments(lm_build, "its data.language normalises the text and words it cannot spell are left out")
     lm_build.set_defaults(func=cmd_lm_build)
+    lm_text = lm.add_parser("text", help="normalise text files, manifests or folders of books once into LM "
+                            "sentences (one a line), to build several LMs from with `asr lm build`")
+    lm_text.add_argument("text", nargs="+", help="as for `asr lm build`")
+    lm_text.add_argument("out", help="output text file")
+    lm_text.add_argument("--exclude", nargs="+", default=[], metavar="MANIFEST",
+                         help="leave out every book (or text line) sharing a 10-word run with these transcripts")
+    lm_text.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                         help="processes reading folders of books (default: cores)")
+    add_language_arguments(lm_text, "its data.language normalises the text and words it cannot spell are left out")
+    lm_text.set_defaults(func=cmd_lm_text)
+    lm_perplexity = lm.add_parser("perplexity", help="perplexity and out-of-vocabulary rate of a word LM on "
+                                  "transcripts (KenLM's query: scripts/build_kenlm.sh)")
+    lm_perplexity.add_argument("lm", help="ARPA or KenLM binary word LM")
+    lm_perplexity.add_argument("manifests", nargs="+", help="JSONL manifests whose transcripts are scored")
+    add_language_arguments(lm_perplexity, "its data.language normalises the transcripts as the LM text was")
+    lm_perplexity.set_defaults(func=cmd_lm_perplexity)
     lm_english = lm.add_parser("english", help="a general US English word trigram LM (72 k words): CMU Sphinx's "
                                "en-us model from the pocketsphinx package, written as ARPA")
     lm_english.add_argument("out", help="output ARPA file")
@@ -62,7 +78,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     lm_pronounce.add_argument("--cmudict", help="CMUdict file (default: the copy in the pocketsphinx package)")
     add_language_arguments(lm_pronounce, "espeak-ng speaks its data.language, in its phone head's phones")
     lm_pronounce.set_defaults(func=cmd_lm_pronounce)
+    add_tune_command(commands)
 
+
+def add_tune_command(commands: argparse._SubParsersAction) -> None:
+    """tune-lm."""
     tune = commands.add_parser("tune-lm", help="search LM weight and word score on a dev set; store the best")
     tune.add_argument("checkpoint")
     tune.add_argument("manifest", help="dev manifest (JSONL) with reference transcripts")
@@ -137,6 +157,32 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
         print("out-of-vocabulary rate of " + ", ".join(args.oov) + ": " + ", ".join(
             f"{'all ' + str(report.vocabulary) if size is None else size} words {100 * rate:.2f} %"
             for size, rate in rates.items()))
+    return EXIT_OK
+
+
+def cmd_lm_text(args: argparse.Namespace) -> int:
+    from asr.lm.books import HeldOutText
+    from asr.lm.build import write_lm_text
+
+    language, vocabulary = model_language(args)
+    held_out = HeldOutText.from_manifests(args.exclude, language) if args.exclude else None
+    report = write_lm_text(args.text, args.out, vocabulary, language, held_out, args.workers)
+    books = f" of {report.books} books" if report.books else ""
+    print(f"{report.path}: {report.sentences} sentences{books}, {report.words} words")
+    if held_out is not None:
+        print(f"left out {len(report.excluded)} document(s) sharing a 10-word run with {', '.join(args.exclude)}"
+              + "".join(f"\n  {name}" for name in report.excluded[:20]))
+    return EXIT_OK
+
+
+def cmd_lm_perplexity(args: argparse.Namespace) -> int:
+    from asr.lm.perplexity import measure_perplexity
+
+    language, _ = model_language(args)
+    result = measure_perplexity(args.lm, args.manifests, language)
+    print(f"{args.lm} on {', '.join(args.manifests)}: perplexity {result.including_oov:.1f} "
+          f"({result.excluding_oov:.1f} without unknown words), out-of-vocabulary {100 * result.oov_rate:.2f} % "
+          f"({result.oov_words} of {result.tokens - result.sentences} words, {result.sentences} transcripts)")
     return EXIT_OK
 
 

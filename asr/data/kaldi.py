@@ -37,8 +37,9 @@ def _table(path: Path, bad_lines: list[str]) -> Iterator[tuple[int, str, str]]:
     except OSError as err:
         raise ManifestError(f"{path}: unreadable ({err.strerror or err})") from err
     for number, line in utf8_lines(raw_lines, path, bad_lines):
-        key, _, rest = line.strip().partition(" ")
-        yield number, key, rest.strip()
+        # Kaldi splits the key off at the first run of whitespace: a tab is as common as a space.
+        key, *rest = line.strip().split(maxsplit=1)
+        yield number, key, rest[0] if rest else ""
 
 
 def _recordings(root: Path, audio_root: Path | None, bad_lines: list[str]) -> dict[str, Path | str]:

@@ -22,7 +22,7 @@ from asr.lm.books import BookStats, HeldOutText, book_corpus
 from asr.lm.lexicon import LanguageModelError, char_lm_sentence, read_text_lines
 from asr.utils.atomic import atomic_path, atomic_write
 
-# Where scripts/build_kenlm.sh installs lmplz and build_binary.
+# Where scripts/build_kenlm.sh installs lmplz, build_binary and query.
 KENLM_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "asr" / "kenlm" / "bin"
 # flashlight-text's bundled KenLM is compiled with KENLM_MAX_ORDER=6 and rejects longer n-grams.
 MAX_LM_ORDER = 6
@@ -44,7 +44,7 @@ def sample_unigram_sentences(
 
 
 def find_kenlm_tool(name: str) -> Path:
-    """``lmplz`` or ``build_binary`` from $ASR_KENLM_BIN, PATH or the build script's cache."""
+    """``lmplz``, ``build_binary`` or ``query`` from $ASR_KENLM_BIN, PATH or the build script's cache."""
     candidates = []
     if os.environ.get("ASR_KENLM_BIN"):
         candidates.append(Path(os.environ["ASR_KENLM_BIN"]) / name)
@@ -84,7 +84,11 @@ def corpus_sentences(sources: Sequence[str | Path], vocabulary: CharVocabulary |
         lines = book_corpus(path, language, held_out, workers, tally.books) if path.is_dir() else \
             _text_lines(path, language, held_out, tally)
         for line in lines:
-            words = [w for w in line.split() if vocabulary is None or not vocabulary.unknown_characters(w)]
+            if vocabulary is None or not vocabulary.unknown_characters(line):  # the usual case, checked at once
+                if line:
+                    yield line
+                continue
+            words = [w for w in line.split() if not vocabulary.unknown_characters(w)]
             if words:
                 yield " ".join(words)
         for stats in tally.books[-1:] if path.is_dir() else ():
@@ -98,7 +102,9 @@ def _text_lines(path: Path, language: str, held_out: HeldOutText | None, tally: 
                 if not line.strip():
                     continue
                 line = json.loads(line)["text"]
-            normalised = normalize_text(line, language)
+            # Without its line end, text that is already normalised (`asr lm text`) takes
+            # normalize_text's fast path: reading 300 M words back is then minutes, not a quarter hour.
+            normalised = normalize_text(line.rstrip("\r\n"), language)
             if held_out is not None and held_out.found_in([normalised]):
                 tally.excluded.append(f"{path}:{number}")
                 continue
@@ -117,6 +123,34 @@ def oov_rates(counts: Counter[str], manifests: Sequence[str | Path], sizes: Sequ
     ranked = [w for w, _ in counts.most_common()]
     return {size: sum(w not in kept for w in words) / len(words)
             for size in sizes for kept in [set(ranked[:size] if size else ranked)]}
+
+
+@dataclass(frozen=True)
+class LmTextReport:
+    path: Path  # the text written: one normalised sentence a line
+    sentences: int
+    words: int  # running words
+    books: int  # books read from folders
+    excluded: tuple[str, ...]  # documents left out for holding a held-out word run
+
+
+def write_lm_text(sources: Sequence[str | Path], out: str | Path, vocabulary: CharVocabulary | None = None,
+                  language: str = ENGLISH, held_out: HeldOutText | None = None, workers: int = 1) -> LmTextReport:
+    """The sentences :func:`build_lm` gives lmplz, written once to ``out`` (atomically): reading
+    and normalising a folder of books is the slow part of a build, and several LMs (orders,
+    prunings, vocabulary sizes) are then built from this file, which needs no more exclusion."""
+    if vocabulary is None and language == ENGLISH:
+        vocabulary = CharVocabulary.english()
+    tally = CorpusTally()
+    sentences = words = 0
+    with atomic_write(out) as stream:
+        for sentence in corpus_sentences(sources, vocabulary, language, held_out, workers, tally):
+            stream.write(sentence + "\n")
+            sentences += 1
+            words += sentence.count(" ") + 1
+        if not sentences:
+            raise LanguageModelError(f"no usable text in {', '.join(map(str, sources))}")
+    return LmTextReport(Path(out), sentences, words, sum(s.books for s in tally.books), tuple(tally.excluded))
 
 
 @dataclass(frozen=True)

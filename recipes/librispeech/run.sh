@@ -12,7 +12,8 @@
 # --lm FILE decodes with that word LM (default with LibriSpeech: the official pruned 3-gram; with
 # --data-dir: CMU Sphinx's US English trigram). Stage 4 stores the tuned LM settings beside the model.
 # --extra DIR[:WEIGHT] (repeatable) mixes another corpus (LibriSpeech layout or a Kaldi data
-# directory) into training with that weight (default 1; data.extra_train).
+# directory) into training with that weight (default 1; data.extra_train), with speed copies when
+# the config trains on them.
 # --books DIR builds the word LM from a folder of plain-text books in stage 4 (KenLM's lmplz:
 # scripts/build_kenlm.sh), leaving out every book that shares a 10-word run with the eval sets,
 # keeping the 200 k most frequent words, and decodes with it instead of --lm.
@@ -83,8 +84,10 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   else
     asr prepare librispeech --subsets $train_sets $eval_sets --dest $data --speed-perturb --lm $mirror
   fi
+  # Extra corpora get the main manifest's speed copies, so a weight means the same for each.
+  extra_sp=""; [ "$speed_perturb" = 1 ] && extra_sp=--speed-perturb
   for i in "${!extras[@]}"; do
-    asr prepare "${extras[$i]%:*}" $data/manifests/extra-$i.jsonl
+    asr prepare "${extras[$i]%:*}" $data/manifests/extra-$i.jsonl $extra_sp
   done
 fi
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
@@ -99,11 +102,15 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
 fi
 model=$exp/best.pt
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  echo "== stage 3: average the last 5 epochs"
-  if ls $exp/epoch-*.pt >/dev/null 2>&1 && [ "$(ls $exp/epoch-*.pt | wc -l)" -ge 5 ]; then
-    asr average $exp --last 5 --out $exp/avg.pt
+  # The last 5 epochs, or the second half of a run of fewer than 10 (more data in the same
+  # budget means fewer epochs, and an early epoch drags the average down).
+  last_epoch=$(ls $exp/epoch-*.pt 2>/dev/null | sed 's/.*epoch-\([0-9]*\)\.pt$/\1/' | sort -n | tail -1)
+  count=$(( ${last_epoch:-0} / 2 )); [ $count -gt 5 ] && count=5
+  echo "== stage 3: average the last $count epochs"
+  if [ $count -ge 2 ] && [ "$(ls $exp/epoch-*.pt | wc -l)" -ge $count ]; then
+    asr average $exp --last $count --out $exp/avg.pt
   else
-    echo "fewer than 5 epoch checkpoints: using best.pt"
+    echo "fewer than 4 epochs (or their checkpoints): using best.pt"
   fi
 fi
 [ -f $exp/avg.pt ] && model=$exp/avg.pt
@@ -126,15 +133,21 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
     echo "$set greedy: $(grep -E "^(WER|CER)" $exp/eval/$set.txt | cut -d'(' -f1 | tr -s ' ' | paste -sd' ')"
   done
   if [ -n "$books" ] && [ ! -f "$lm" ]; then
+    # The books are read and normalised once (the slow part), without any book that holds an
+    # eval sentence; the LM is built from that text.
     eval_manifests=(); for set in $eval_sets; do eval_manifests+=($data/manifests/$set.jsonl); done
-    asr lm build "$books" "$lm" --order 3 --prune 0 1 1 --vocab-size 200000 --exclude "${eval_manifests[@]}" \
-      --oov "${eval_manifests[0]}" | tee $exp/eval/books-lm.txt || echo "warning: could not build $lm; greedy only" >&2
+    book_text=$data/lm/books.txt
+    [ -f $book_text ] || asr lm text "$books" $book_text --exclude "${eval_manifests[@]}" | tee $exp/eval/books-text.txt
+    asr lm build $book_text "$lm" --order 3 --prune 0 1 1 --vocab-size 200000 --oov "${eval_manifests[0]}" \
+      | tee $exp/eval/books-lm.txt || echo "warning: could not build $lm; greedy only" >&2
   fi
   if [ "$lm" = "$english_lm" ] && [ ! -f "$lm" ]; then
     asr lm english "$lm" || echo "warning: could not write $lm (pip install pocketsphinx); greedy only" >&2
   fi
   if [ -n "$lm" ] && [ -f "$lm" ]; then
     tune_set=$(echo $eval_sets | cut -d' ' -f1)
+    # How well the LM predicts the tuning set's words (KenLM's query, built with lmplz).
+    asr lm perplexity "$lm" $data/manifests/$tune_set.jsonl | tee $exp/eval/$tune_set-perplexity.txt || true
     units=(--units chars); [ "$words" != "$lm" ] && units+=(--lexicon "$words")
     if [ "$phones" = 1 ]; then
       # The phone head decodes through a pronunciation lexicon of the LM's words: espeak-ng's
