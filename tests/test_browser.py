@@ -257,14 +257,23 @@ def test_upload_shows_timed_words_player_downloads_and_errors(server: str, brows
     assert page.script_errors == []
 
 
+@contextmanager
+def live_session(playwright, url: str, microphone: Path):
+    """The page in a Chromium whose fake microphone plays ``microphone`` in a loop, live mode
+    started: the page and its first final. The browser is closed afterwards."""
+    browser = launch(playwright, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                     f"--use-file-for-fake-audio-capture={microphone}")
+    try:
+        page = open_page(browser, url)
+        page.click("#live-start")
+        yield page, page.wait_for_selector("#live-finals .final", timeout=60_000)
+    finally:
+        browser.close()
+
+
 def test_live_microphone_and_recording(server: str, playwright, phrase_audio) -> None:
     # Chromium's fake microphone plays the file in a loop: the phrase, then 1.5 s of silence.
-    browser = launch(playwright, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                     f"--use-file-for-fake-audio-capture={phrase_audio['microphone']}")
-    try:
-        page = open_page(browser, server)
-        page.click("#live-start")
-        final = page.wait_for_selector("#live-finals .final", timeout=60_000)
+    with live_session(playwright, server, phrase_audio["microphone"]) as (page, final):
         heard = final.query_selector(".final-text").text_content()
         assert word_errors(TEST_PHRASE, heard) <= 2, heard  # the loop may start mid-phrase
         delay = float(final.query_selector(".final-delay").get_attribute("data-delay"))
@@ -289,8 +298,6 @@ def test_live_microphone_and_recording(server: str, playwright, phrase_audio) ->
         assert page.get_attribute("#downloads a[data-format=txt]", "download").startswith("recording-")
         assert error_text(page) is None
         assert page.script_errors == []
-    finally:
-        browser.close()
 
 
 def test_inspect_draws_the_figures(server: str, browser, phrase_audio, tmp_path) -> None:

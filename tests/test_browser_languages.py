@@ -12,8 +12,8 @@ import pytest
 import soundfile
 
 # pytestmark: Chromium and espeak-ng, as the page's other tests need them; playwright: the fixture.
-from test_browser import (SAMPLE_RATE, asr_serve, espeak, error_text, framed, launch, open_page,  # noqa: F401
-                          playwright, pytestmark, train_phrase_model, upload, word_errors)
+from test_browser import (SAMPLE_RATE, asr_serve, espeak, error_text, framed, launch, live_session,  # noqa: F401
+                          open_page, playwright, pytestmark, train_phrase_model, upload, word_errors)
 
 # Commands sharing words ("open/close", "door/window", "light"), as the English phrases do.
 PHRASES = ["открой дверь", "закрой дверь", "открой окно", "закрой окно", "включи свет", "выключи свет"]
@@ -66,16 +66,9 @@ def test_the_page_shows_and_downloads_cyrillic_words(russian_server: str, playwr
 
 
 def test_live_cyrillic_from_the_microphone(russian_server: str, playwright, russian_audio) -> None:
-    browser = launch(playwright, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                     f"--use-file-for-fake-audio-capture={russian_audio['microphone']}")
-    try:
-        page = open_page(browser, russian_server)
-        page.click("#live-start")
-        final = page.wait_for_selector("#live-finals .final", timeout=60_000)
+    with live_session(playwright, russian_server, russian_audio["microphone"]) as (page, final):
         heard = final.query_selector(".final-text").text_content()
         assert word_errors(TEST_PHRASE, heard) <= 2 and cyrillic(heard), heard  # the loop may start mid-phrase
         page.click("#live-stop")
         page.wait_for_function("document.querySelector('#live-status').textContent === 'Stopped.'")
         assert error_text(page) is None and page.script_errors == []
-    finally:
-        browser.close()
