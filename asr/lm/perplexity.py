@@ -9,7 +9,6 @@ excluding them, with the share of running words the LM does not know.
 from __future__ import annotations
 
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +61,8 @@ def measure_perplexity(lm: str | Path, manifests: Sequence[str | Path], language
     if not sentences:
         raise LanguageModelError(f"no transcripts in {', '.join(map(str, manifests))} to measure perplexity on")
     query = find_kenlm_tool("query")
-    with tempfile.TemporaryFile("w+b") as text:
-        text.write(("\n".join(sentences) + "\n").encode())
-        text.seek(0)
-        completed = subprocess.run([str(query), "-v", "summary", str(lm)], stdin=text, capture_output=True)
+    completed = subprocess.run([str(query), "-v", "summary", str(lm)], input=("\n".join(sentences) + "\n").encode(),
+                               capture_output=True)
     if completed.returncode != 0:
         tail = completed.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise LanguageModelError(f"{lm}: KenLM's query failed (exit {completed.returncode}): " + " | ".join(tail))
