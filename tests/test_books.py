@@ -140,3 +140,28 @@ def test_a_binary_word_lm_gets_its_word_list_beside_it(tmp_path, monkeypatch):
     report = build_lm([text], 3, out, vocab_size=2)
     assert out.read_text() == "arpa" and report.kept_words == 2
     assert words_file(out).read_text() == "the\ncat\n"  # the --vocab-size most frequent, for --lexicon
+
+
+def test_a_quantised_binary_is_a_trie_and_needs_a_binary_output(tmp_path, monkeypatch):
+    import stat
+
+    from asr.lm.build import build_lm
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # build_binary records its arguments; the last two are the ARPA and the output.
+    recorder = f'echo "$@" > {tmp_path}/args\neval last=\\${{$#}}\ncp /dev/null "$last"\n'
+    for name, script in (("lmplz", "cat > /dev/null\nprintf 'arpa'\n"), ("build_binary", recorder)):
+        (bin_dir / name).write_text("#!/bin/sh\n" + script)
+        (bin_dir / name).chmod(0o755 | stat.S_IEXEC)
+    monkeypatch.setenv("ASR_KENLM_BIN", str(bin_dir))
+    text = tmp_path / "text.txt"
+    text.write_text("the cat the dog\n")
+    build_lm([text], 3, tmp_path / "lm.bin", quantize_bits=8)
+    assert (tmp_path / "args").read_text().split()[:7] == ["-q", "8", "-b", "8", "-a", "22", "trie"]
+    build_lm([text], 3, tmp_path / "plain.bin")
+    assert "trie" not in (tmp_path / "args").read_text()  # the default: KenLM's probing hash, fastest to query
+    with pytest.raises(LanguageModelError, match="lm.arpa: quantising needs a .bin output"):
+        build_lm([text], 3, tmp_path / "lm.arpa", quantize_bits=8)
+    with pytest.raises(LanguageModelError, match="2 to 25 bits, not 1"):
+        build_lm([text], 3, tmp_path / "lm.bin", quantize_bits=1)
