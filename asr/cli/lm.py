@@ -43,8 +43,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     lm_build.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                           help="processes reading folders of books (default: cores)")
     lm_build.add_argument("--quantize", type=int, metavar="BITS",
-                          help=".bin output: KenLM's trie with BITS-bit probabilities (e.g. 8): about a third "
-                          "of the size and of the decoder's memory, slower to query")
+                          help=".bin output: KenLM's trie with BITS-bit probabilities (e.g. 8): a fifth of the size "
+                          "and less memory in each decoding process")
     lm_build.add_argument("out", help="output model: .arpa, or .bin for a KenLM binary (needs --lexicon to decode)")
     add_language_arguments(lm_build, "its data.language normalises the text and words it cannot spell are left out")
     lm_build.set_defaults(func=cmd_lm_build)

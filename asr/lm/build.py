@@ -195,16 +195,10 @@ def build_lm(
     (:func:`corpus_sentences`). ``vocab_size``: a word LM keeps only the most frequent words
     (lmplz ``--limit_vocab_file``; the rest are <unk>). ``counts`` (a Counter) receives the
     corpus' word counts, e.g. for :func:`oov_rates`. Folders of books are read in ``workers``
-    processes. ``quantize_bits`` (a binary ``out`` only): KenLM's trie with probabilities and
-    backoffs stored in that many bits, a third of the default (probing) binary's size and of a
-    decoder's memory, for a slower lookup.
+    processes. ``quantize_bits`` (binary ``out`` only): KenLM's trie, probabilities, backoffs and
+    pointers (-a 22) compressed: a fraction of the size and of each decoding process' memory.
     """
-    if not 1 <= order <= MAX_LM_ORDER:
-        raise LanguageModelError(f"LM order {order}: flashlight-text's KenLM reads orders 1 to {MAX_LM_ORDER}")
-    if quantize_bits is not None and not (out_is_binary(out) and 2 <= quantize_bits <= 25):
-        raise LanguageModelError(f"{out}: quantising needs a .bin output and 2 to 25 bits, not {quantize_bits}")
-    if unit == "char" and out_is_binary(out):
-        raise LanguageModelError(f"{out}: write a character LM as ARPA; the decoder recognises it by its vocabulary")
+    _check_build_request(order, out, unit, quantize_bits)
     if vocabulary is None and language == ENGLISH:
         vocabulary = CharVocabulary.english()
     out = Path(out)
@@ -241,7 +235,6 @@ def build_lm(
             add_unigrams(arpa, spellable)
         with atomic_path(out) as result:
             if build_binary:
-                # -a 22: trie pointers compressed too (KenLM's recommended maximum).
                 layout = ["-q", str(quantize_bits), "-b", str(quantize_bits), "-a", "22", "trie"] if quantize_bits else []
                 _run_tool([str(build_binary), *layout, str(arpa), str(result)])
             else:
@@ -251,6 +244,16 @@ def build_lm(
                 listing.writelines(f"{word}\n" for word, _ in counts.most_common(kept_words))
     return LmBuildReport(out, sentences, sum(counts.values()), len(counts), kept_words, tuple(tally.excluded),
                          sum(s.books for s in tally.books))
+
+
+def _check_build_request(order: int, out: str | Path, unit: str, quantize_bits: int | None) -> None:
+    """Refuse, before reading any text, a build that lmplz, build_binary or the decoder cannot serve."""
+    if not 1 <= order <= MAX_LM_ORDER:
+        raise LanguageModelError(f"LM order {order}: flashlight-text's KenLM reads orders 1 to {MAX_LM_ORDER}")
+    if quantize_bits is not None and not (out_is_binary(out) and 2 <= quantize_bits <= 25):
+        raise LanguageModelError(f"{out}: quantising needs a .bin output and 2 to 25 bits, not {quantize_bits}")
+    if unit == "char" and out_is_binary(out):
+        raise LanguageModelError(f"{out}: write a character LM as ARPA; the decoder recognises it by its vocabulary")
 
 
 def _write_corpus(sentences: Iterator[str], corpus: Path, unit: str, counts: Counter[str]) -> int:
