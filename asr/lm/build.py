@@ -139,8 +139,7 @@ def write_lm_text(sources: Sequence[str | Path], out: str | Path, vocabulary: Ch
     """The sentences :func:`build_lm` gives lmplz, written once to ``out`` (atomically): reading
     and normalising a folder of books is the slow part of a build, and several LMs (orders,
     prunings, vocabulary sizes) are then built from this file, which needs no more exclusion."""
-    if vocabulary is None and language == ENGLISH:
-        vocabulary = CharVocabulary.english()
+    vocabulary = _default_vocabulary(vocabulary, language)
     tally = CorpusTally()
     sentences = words = 0
     with atomic_write(out) as stream:
@@ -199,8 +198,7 @@ def build_lm(
     pointers (-a 22) compressed: a fraction of the size and of each decoding process' memory.
     """
     _check_build_request(order, out, unit, quantize_bits)
-    if vocabulary is None and language == ENGLISH:
-        vocabulary = CharVocabulary.english()
+    vocabulary = _default_vocabulary(vocabulary, language)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lmplz = find_kenlm_tool("lmplz")
@@ -244,6 +242,11 @@ def build_lm(
                 listing.writelines(f"{word}\n" for word, _ in counts.most_common(kept_words))
     return LmBuildReport(out, sentences, sum(counts.values()), len(counts), kept_words, tuple(tally.excluded),
                          sum(s.books for s in tally.books))
+
+
+def _default_vocabulary(vocabulary: CharVocabulary | None, language: str) -> CharVocabulary | None:
+    """English text keeps to English's characters when no model's are given; another language keeps every word."""
+    return CharVocabulary.english() if vocabulary is None and language == ENGLISH else vocabulary
 
 
 def _check_build_request(order: int, out: str | Path, unit: str, quantize_bits: int | None) -> None:
